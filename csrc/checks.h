@@ -1,0 +1,53 @@
+// Boundary checks shared by every C++/CUDA op: each message names the tensor and what was expected.
+// (The public Python functions validate first with friendlier messages; these guard direct
+// torch.ops.rlvr_world.* calls.)
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#define RLVR_CHECK_DIM(x, n) \
+  TORCH_CHECK_VALUE((x).dim() == (n), #x " must have ", (n), " dims, got shape ", (x).sizes())
+
+#define RLVR_CHECK_SHAPE(x, ...)                                                             \
+  TORCH_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (", \
+                    #__VA_ARGS__, "), got ", (x).sizes())
+
+#define RLVR_CHECK_DTYPE(x, dt) \
+  TORCH_CHECK_VALUE((x).scalar_type() == (dt), #x " must be ", (dt), ", got ", (x).scalar_type())
+
+#define RLVR_CHECK_FLOATING(x) \
+  TORCH_CHECK_VALUE(at::isFloatingType((x).scalar_type()), #x " must be a float tensor, got ", (x).scalar_type())
+
+#define RLVR_CHECK_DEVICE(x, ref) \
+  TORCH_CHECK_VALUE((x).device() == (ref).device(), #x " must be on ", (ref).device(), ", got ", (x).device())
+
+#define RLVR_CHECK_CONTIGUOUS(x) TORCH_CHECK_VALUE((x).is_contiguous(), #x " must be contiguous")
+
+#define RLVR_CHECK_LAST_DIM_CONTIGUOUS(x) \
+  TORCH_CHECK_VALUE((x).stride(-1) == 1, #x " must be contiguous in its last dim, got strides ", (x).strides())
+
+// Accumulation dtype of the row ops: fp64 inputs stay fp64, every other float dtype computes in fp32.
+inline at::ScalarType rlvr_acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Checks shared by the three row ops: logits [N, V] rows contiguous, tokens [N] int64 on the same device.
+inline void rlvr_check_rows(const at::Tensor& logits, const at::Tensor& tokens) {
+  RLVR_CHECK_DIM(logits, 2);
+  RLVR_CHECK_FLOATING(logits);
+  RLVR_CHECK_LAST_DIM_CONTIGUOUS(logits);
+  RLVR_CHECK_SHAPE(tokens, logits.size(0));
+  RLVR_CHECK_DTYPE(tokens, at::kLong);
+  RLVR_CHECK_DEVICE(tokens, logits);
+  RLVR_CHECK_CONTIGUOUS(tokens);
+}
+
+// A per-row vector [N] in the accumulation dtype of `logits`.
+#define RLVR_CHECK_ROW_VECTOR(x, logits)                      \
+  do {                                                        \
+    RLVR_CHECK_SHAPE(x, (logits).size(0));                    \
+    RLVR_CHECK_DTYPE(x, rlvr_acc_dtype((logits).scalar_type())); \
+    RLVR_CHECK_DEVICE(x, logits);                             \
+    RLVR_CHECK_CONTIGUOUS(x);                                 \
+  } while (0)

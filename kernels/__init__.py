@@ -1,0 +1,17 @@
+"""Triton kernels of rlvr_world, installed as ``rlvr_world.kernels`` (never a top-level ``kernels``).
+
+Layer 1 of every op (DESIGN §3.1): kernels and their launchers, no argument checks, no autograd. The
+public ops in ``rlvr_world.ops`` validate inputs and choose a backend. Importing this package does not
+import Triton; its modules do, so they are imported only when a Triton path runs.
+
+* ``logprob_rows``: per-row log-sum-exp / token log-prob over the vocab, and the in-place softmax
+  gradient of a row (the two passes of the chunked fused linear log-prob).
+* ``grpo_terms``: the elementwise GRPO token math and its derivative w.r.t. the log-prob.
+"""
+
+import os
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

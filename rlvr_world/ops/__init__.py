@@ -1,0 +1,11 @@
+"""Public ops. Each accepts ``impl="auto" | "reference" | "cpp" | "triton" | "cuda"`` and runs on the CPU.
+
+``reference`` (ops/reference.py) is the specification; the others are tested against it.
+"""
+
+from . import reference
+from ._library import cpp_available
+from .grpo_loss import GRPOStats, grpo_loss, grpo_loss_from_logits
+from .token_logprobs import token_logprobs
+
+__all__ = ["GRPOStats", "cpp_available", "grpo_loss", "grpo_loss_from_logits", "reference", "token_logprobs"]

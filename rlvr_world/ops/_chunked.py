@@ -1,0 +1,150 @@
+"""Chunked fused linear log-prob: hidden [N, H] x weight [V, H] -> per-token log-probs and gradients
+without an [N, V] logits tensor.
+
+Tokens are processed in chunks of C rows. Per chunk: one GEMM writes the chunk's logits [C, V] in the
+compute dtype, a row kernel reduces them to (logp, lse) with an fp32 online log-sum-exp, and, when a
+gradient is wanted, a second row kernel rewrites the same buffer in place with d loss / d logits, which
+two more GEMMs turn into dHidden[C] and an update of dWeight. Memory: O(C x V) plus dWeight; FLOPs:
+2NHV forward, 6NHV for forward + gradients in one sweep (the GRPO loss computes its gradient during the
+forward, as Liger's fused linear losses do, because d loss / d logp is known as soon as logp is).
+
+The GEMMs are torch.mm (cuBLAS / MKL): at these shapes they run at the tensor-core roofline, which a
+hand-written tile loop does not beat; the row kernels are where the fusion happens. Compute dtype: the
+input dtype on CUDA; fp32 on the CPU (CPUs without native bf16 FMA run bf16 GEMMs 10-50x slower), fp64
+for fp64. dWeight accumulates in fp32 for half-precision inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._library import acc_dtype
+
+CUDA_CHUNK_BYTES = 1 << 29  # 512 MiB of logits per chunk on a GPU: big GEMMs, bounded memory
+CPU_CHUNK_BYTES = 1 << 22  # 4 MiB on a CPU: the chunk's logits stay in cache between the passes
+
+
+def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    if dtype == torch.float64:
+        return dtype
+    return dtype if device.type == "cuda" else torch.float32
+
+
+def chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device, chunk_size: int | None = None) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else as many as fit the device's byte budget."""
+    if chunk_size is not None:
+        return max(1, min(n, int(chunk_size)))
+    budget = CUDA_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
+    rows = budget // (vocab * torch.empty((), dtype=dtype).element_size())
+    rows = max(128, rows // 128 * 128) if device.type == "cuda" else max(16, rows)
+    return max(1, min(n, rows))
+
+
+def _grad_weight_buffer(weight: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    acc = torch.float32 if cdt in (torch.float16, torch.bfloat16) else cdt
+    return torch.zeros(weight.shape, dtype=acc, device=weight.device)
+
+
+def _add_grad_weight(dw: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) -> None:
+    """dw [V, H] += dlogits[C, V].T @ h [C, H], accumulating in dw's dtype."""
+    if dw.dtype == dlogits.dtype:
+        dw.addmm_(dlogits.t(), h)
+    elif dw.is_cuda:
+        dw.copy_(torch.addmm(dw, dlogits.t(), h, out_dtype=dw.dtype))
+    else:
+        dw.add_(torch.mm(dlogits.t(), h))
+
+
+class Chunks:
+    """Iterates a [N, H] hidden matrix in chunks, producing each chunk's logits in the compute dtype."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int | None):
+        self.cdt = compute_dtype(hidden.dtype, hidden.device)
+        self.weight = weight.to(self.cdt)  # [V, H]; a view when the dtype already matches
+        self.n, self.vocab = hidden.shape[0], weight.shape[0]
+        self.hidden = hidden
+        self.rows = chunk_rows(self.n, self.vocab, self.cdt, hidden.device, chunk_size)
+
+    def __iter__(self):
+        for start in range(0, self.n, self.rows):
+            end = min(self.n, start + self.rows)
+            h = self.hidden[start:end].to(self.cdt)  # [C, H]
+            yield start, end, h, torch.mm(h, self.weight.t())  # [C, V]
+
+
+def logprobs_forward(rows, hidden, weight, tokens, inv_t: float, chunk_size=None):
+    """-> (logp [N], lse [N]) in the accumulation dtype."""
+    acc = acc_dtype(hidden.dtype)
+    logp = hidden.new_empty(hidden.shape[0], dtype=acc)
+    lse = torch.empty_like(logp)
+    for s, e, _, logits in Chunks(hidden, weight, chunk_size):
+        lp, ls = rows.row_logprobs(logits, tokens[s:e], inv_t)
+        logp[s:e] = lp
+        lse[s:e] = ls
+    return logp, lse
+
+
+class Grads(NamedTuple):
+    hidden: torch.Tensor | None  # [N, H] in hidden's dtype
+    weight: torch.Tensor | None  # [V, H] in weight's dtype
+
+
+def _backward_chunk(chunks: Chunks, rows, s, e, h, logits, tokens, lse, coef, inv_t, dh, dw) -> None:
+    rows.row_logprobs_backward_(logits, tokens[s:e], lse, coef, inv_t)  # logits -> dlogits, in place
+    if dh is not None:
+        dh[s:e] = torch.mm(logits, chunks.weight)  # [C, H]
+    if dw is not None:
+        _add_grad_weight(dw, logits, h)
+
+
+def _grad_buffers(chunks: Chunks, hidden, weight, need_dh: bool, need_dw: bool):
+    dh = torch.empty_like(hidden) if need_dh else None
+    dw = _grad_weight_buffer(weight, chunks.cdt) if need_dw else None
+    return dh, dw
+
+
+def logprobs_backward(rows, hidden, weight, tokens, lse, coef, inv_t, need_dh, need_dw, chunk_size=None) -> Grads:
+    """Gradients of sum(coef * logp) w.r.t. hidden and weight (recomputing each chunk's logits)."""
+    chunks = Chunks(hidden, weight, chunk_size)
+    dh, dw = _grad_buffers(chunks, hidden, weight, need_dh, need_dw)
+    for s, e, h, logits in chunks:
+        _backward_chunk(chunks, rows, s, e, h, logits, tokens, lse[s:e], coef[s:e], inv_t, dh, dw)
+    return Grads(dh, dw.to(weight.dtype) if dw is not None else None)
+
+
+class GRPOTokens(NamedTuple):
+    """Per-token outputs of the fused GRPO pass, all [N] (flags uint8)."""
+
+    loss: torch.Tensor
+    ratio: torch.Tensor
+    kl: torch.Tensor
+    flags: torch.Tensor
+
+
+def grpo_forward_backward(rows, hidden, weight, tokens, old_logp, advantages, mask, ref_logp, terms_args,
+                          inv_t, need_dh, need_dw, chunk_size=None) -> tuple[GRPOTokens, Grads]:
+    """One sweep: per chunk logits -> logp -> GRPO terms -> dlogits -> dHidden, dWeight.
+
+    ``terms_args`` = (clip_low, clip_high, clip_c, kl_coef, scale) of ``grpo_token_terms``.
+    """
+    if not (need_dh or need_dw):
+        logp, _ = logprobs_forward(rows, hidden, weight, tokens, inv_t, chunk_size)
+        _, loss, ratio, kl, flags = rows.grpo_token_terms(logp, old_logp, advantages, mask, ref_logp, *terms_args)
+        return GRPOTokens(loss, ratio, kl, flags), Grads(None, None)
+    chunks = Chunks(hidden, weight, chunk_size)
+    dh, dw = _grad_buffers(chunks, hidden, weight, need_dh, need_dw)
+    acc = acc_dtype(hidden.dtype)
+    out = GRPOTokens(*(hidden.new_empty(hidden.shape[0], dtype=acc) for _ in range(3)),
+                     hidden.new_empty(hidden.shape[0], dtype=torch.uint8))
+    for s, e, h, logits in chunks:
+        lp, lse = rows.row_logprobs(logits, tokens[s:e], inv_t)
+        ref = ref_logp[s:e] if ref_logp is not None else None
+        coef, loss, ratio, kl, flags = rows.grpo_token_terms(
+            lp, old_logp[s:e], advantages[s:e], mask[s:e], ref, *terms_args
+        )
+        for buf, val in zip(out, (loss, ratio, kl, flags)):
+            buf[s:e] = val
+        _backward_chunk(chunks, rows, s, e, h, logits, tokens, lse, coef, inv_t, dh, dw)
+    return out, Grads(dh, dw.to(weight.dtype) if dw is not None else None)
