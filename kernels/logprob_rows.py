@@ -66,7 +66,7 @@ def _row_logprobs_backward_kernel(
     for start in range(0, V, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
         in_row = offs < V
-        x = tl.load(row_ptr + offs, mask=in_row, other=0.0).to(ACC)
+        x = tl.load(row_ptr + offs, mask=in_row, other=float("-inf")).to(ACC)
         gp = g * tl.exp(x * inv_t - lse)
         grad = tl.where(offs == tok, g - gp, -gp)
         tl.store(row_ptr + offs, grad.to(logits_ptr.dtype.element_ty), mask=in_row)
