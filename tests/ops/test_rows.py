@@ -68,12 +68,14 @@ def test_row_logprobs_and_backward(impl, dtype):
 @needs_cpp
 def test_opcheck_registered_ops():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 50, generator=g)
     tokens = torch.randint(0, 50, (6,), generator=g)
     ops = torch.ops.rlvr_world
-    torch.library.opcheck(ops.row_logprobs.default, (logits, tokens, 1.25))
-    logp, lse = ops.row_logprobs(logits, tokens, 1.25)
-    torch.library.opcheck(ops.row_logprobs_backward_.default, (logits.clone(), tokens, lse, torch.randn(6, generator=g), 1.25))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        logits = torch.randn(6, 50, generator=g).to(dtype)
+        torch.library.opcheck(ops.row_logprobs.default, (logits, tokens, 1.25))
+        logp, lse = ops.row_logprobs(logits, tokens, 1.25)
+        coef = torch.randn(6, generator=g).to(lse.dtype)
+        torch.library.opcheck(ops.row_logprobs_backward_.default, (logits.clone(), tokens, lse, coef, 1.25))
     logp, old, adv, mask, ref = _terms_inputs(64, torch.float32)
     for r in (ref, None):
         torch.library.opcheck(ops.grpo_token_terms.default, (logp, old, adv, mask, r, 0.2, 0.2, 3.0, 0.1, 0.5))
