@@ -32,9 +32,9 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
-def _cuda_wanted(torch) -> bool:
+def _nvcc() -> Path | None:
     nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin/nvcc")
-    return torch.version.cuda is not None and Path(nvcc).exists()
+    return Path(nvcc) if Path(nvcc).exists() else None
 
 
 class CMakeBuild(build_ext):
@@ -55,7 +55,8 @@ class CMakeBuild(build_ext):
         tag = f"{sys.implementation.cache_tag}-torch{torch.__version__.replace('+', '_')}"
         build_dir = ROOT / "build" / f"ext-{tag}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        with_cuda = _cuda_wanted(torch)
+        nvcc = _nvcc()
+        with_cuda = torch.version.cuda is not None and nvcc is not None
         args = [
             f"-DRLVR_WORLD_TORCH_INCLUDE={';'.join(cpp_extension.include_paths())}",
             f"-DRLVR_WORLD_TORCH_LIBDIR={cpp_extension.library_paths()[0]}",
@@ -65,6 +66,8 @@ class CMakeBuild(build_ext):
             f"-DRLVR_WORLD_CUDA_ARCHS={os.environ.get('RLVR_WORLD_CUDA_ARCHS', '90')}",
             f"-DRLVR_WORLD_AVX2={'OFF' if os.environ.get('RLVR_WORLD_AVX2') == '0' else 'ON'}",
         ]
+        if with_cuda:
+            args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         print(f"rlvr_world: building _C ({'CPU + CUDA' if with_cuda else 'CPU only: torch has no CUDA or no nvcc'})")
