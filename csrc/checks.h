@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+#include <tuple>
+
 #define RLVR_CHECK_DIM(x, n) \
   TORCH_CHECK_VALUE((x).dim() == (n), #x " must have ", (n), " dims, got shape ", (x).sizes())
 
@@ -51,3 +54,33 @@ inline void rlvr_check_rows(const at::Tensor& logits, const at::Tensor& tokens) 
     RLVR_CHECK_DEVICE(x, logits);                             \
     RLVR_CHECK_CONTIGUOUS(x);                                 \
   } while (0)
+
+// grpo_token_terms: logp [N] fp32/fp64 contiguous; old_logp, advantages, ref_logp (optional) alike, on
+// logp's device; mask [N] bool.
+inline void rlvr_check_grpo_terms(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
+                                  const at::Tensor& mask, const std::optional<at::Tensor>& ref_logp) {
+  RLVR_CHECK_DIM(logp, 1);
+  TORCH_CHECK_VALUE(logp.scalar_type() == at::kFloat || logp.scalar_type() == at::kDouble,
+                    "logp must be float32 or float64, got ", logp.scalar_type());
+  RLVR_CHECK_CONTIGUOUS(logp);
+  auto like_logp = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.sizes() == logp.sizes() && t.scalar_type() == logp.scalar_type() && t.is_contiguous() &&
+                          t.device() == logp.device(),
+                      name, " must be a contiguous ", logp.scalar_type(), " tensor of shape ", logp.sizes(), " on ",
+                      logp.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  };
+  like_logp(old_logp, "old_logp");
+  like_logp(advantages, "advantages");
+  if (ref_logp.has_value()) like_logp(*ref_logp, "ref_logp");
+  RLVR_CHECK_SHAPE(mask, logp.size(0));
+  RLVR_CHECK_DTYPE(mask, at::kBool);
+  RLVR_CHECK_DEVICE(mask, logp);
+  RLVR_CHECK_CONTIGUOUS(mask);
+}
+
+// Outputs of grpo_token_terms: (coef, loss, ratio, kl) like logp, flags uint8.
+using RlvrGRPOTermsOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+inline RlvrGRPOTermsOut rlvr_empty_grpo_terms(const at::Tensor& logp) {
+  return {at::empty_like(logp), at::empty_like(logp), at::empty_like(logp), at::empty_like(logp),
+          at::empty(logp.sizes(), logp.options().dtype(at::kByte))};
+}

@@ -156,37 +156,18 @@ void row_logprobs_backward_cuda(at::Tensor logits, const at::Tensor& tokens, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_token_terms_cuda(
-    const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages, const at::Tensor& mask,
-    const std::optional<at::Tensor>& ref_logp, double clip_low, double clip_high, double clip_c, double kl_coef,
-    double scale) {
-  RLVR_CHECK_DIM(logp, 1);
-  TORCH_CHECK_VALUE(logp.scalar_type() == at::kFloat || logp.scalar_type() == at::kDouble,
-                    "logp must be float32 or float64, got ", logp.scalar_type());
-  RLVR_CHECK_CONTIGUOUS(logp);
-  for (const at::Tensor* t : {&old_logp, &advantages}) {
-    TORCH_CHECK_VALUE(t->sizes() == logp.sizes() && t->scalar_type() == logp.scalar_type() && t->is_contiguous() &&
-                          t->device() == logp.device(),
-                      "old_logp/advantages must be contiguous ", logp.scalar_type(), " of shape ", logp.sizes(),
-                      " on ", logp.device());
-  }
-  RLVR_CHECK_SHAPE(mask, logp.size(0));
-  RLVR_CHECK_DTYPE(mask, at::kBool);
-  RLVR_CHECK_DEVICE(mask, logp);
-  RLVR_CHECK_CONTIGUOUS(mask);
-  const bool has_ref = ref_logp.has_value();
-  if (has_ref) {
-    const at::Tensor& ref = *ref_logp;
-    TORCH_CHECK_VALUE(ref.sizes() == logp.sizes() && ref.scalar_type() == logp.scalar_type() && ref.is_contiguous() &&
-                          ref.device() == logp.device(),
-                      "ref_logp must be contiguous ", logp.scalar_type(), " of shape ", logp.sizes());
-  }
+RlvrGRPOTermsOut grpo_token_terms_cuda(const at::Tensor& logp, const at::Tensor& old_logp,
+                                       const at::Tensor& advantages, const at::Tensor& mask,
+                                       const std::optional<at::Tensor>& ref_logp, double clip_low, double clip_high,
+                                       double clip_c, double kl_coef, double scale) {
+  rlvr_check_grpo_terms(logp, old_logp, advantages, mask, ref_logp);
   const c10::cuda::CUDAGuard guard(logp.device());
+  const bool has_ref = ref_logp.has_value();
   const GRPOParams p{clip_low, clip_high, clip_c, kl_coef, scale, has_ref};
-  at::Tensor coef = at::empty_like(logp), loss = at::empty_like(logp), ratio = at::empty_like(logp),
-             kl = at::empty_like(logp), flags = at::empty(logp.sizes(), logp.options().dtype(at::kByte));
+  RlvrGRPOTermsOut out = rlvr_empty_grpo_terms(logp);
+  auto& [coef, loss, ratio, kl, flags] = out;
   const int64_t n = logp.numel();
-  if (n == 0) return {coef, loss, ratio, kl, flags};
+  if (n == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int threads = 256;
   const int64_t blocks = (n + threads - 1) / threads;
@@ -198,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_toke
         kl.mutable_data_ptr<scalar_t>(), flags.mutable_data_ptr<uint8_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {coef, loss, ratio, kl, flags};
+  return out;
 }
 
 }  // namespace
