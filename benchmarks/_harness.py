@@ -31,9 +31,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -119,7 +119,22 @@ def _cpu_name() -> str:
     except (OSError, subprocess.SubprocessError):
         model = ""
     model = model or platform.processor() or platform.machine() or "cpu"
-    return f"{model} ({os.cpu_count()} cores)"
+    simd = _simd_level()
+    return f"{model} ({os.cpu_count()} cores{', ' + simd if simd else ''})"
+
+
+def _simd_level() -> str:
+    """The widest x86 vector extension the CPU reports ('' elsewhere): what CPU GEMM speed hinges on."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    for flag, name in (("amx_bf16", "amx-bf16"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"),
+                       ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return ""
 
 
 def device_name(device) -> str:
@@ -141,7 +156,7 @@ def _triton_version() -> str:
 
 def _git_sha() -> str:
     def git(*args):
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True, timeout=10)
 
     try:
         head = git("rev-parse", "--short", "HEAD")

@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _harness
 import torch
 
-import _harness
 from rlvr_world.ops import cpp_available, grpo_loss, reference
 
 SHAPES = {  # (N tokens, H hidden, V vocab)
@@ -226,6 +226,10 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
+class ReferenceOOMError(Exception):
+    """The eager reference needed for the gate ran out of memory."""
+
+
 def _free(device):
     gc.collect()
     if device.type == "cuda":
@@ -274,41 +278,54 @@ def add_speedups(rows):
                 r[f"x_{base}"] = medians[base] / r["median_ms"]
 
 
-def bench_case(set_name, n, h, v, dtype_name, impls, device, args):
-    """All implementations on one case; returns its rows."""
-    dtype = DTYPES[dtype_name]
-    rows = [dict(set=set_name, N=n, H=h, V=v, dtype=dtype_name, impl=impl) for impl in impls]
-    label = f"{set_name} N={n} H={h} V={v} {dtype_name}"
-    try:
-        inp = make_inputs(n, h, v, dtype, device, args.seed)
-    except (torch.OutOfMemoryError, RuntimeError) as err:
-        if not _is_oom(err):
-            raise
-        for r in rows:
-            r["status"] = "oom (inputs)"
-        _free(device)
-        return rows
+def run_impls(inp: Inputs, impls, rows, device, args, label) -> None:
+    """Gate and time each implementation on one case's inputs (the references computed once, on demand)."""
     cache = {}
 
     def specs(kind):
         if kind not in cache:
             forward = spec_forward if kind == "spec" else liger_spec_forward(inp)
-            cache[kind] = run_once(make_step(forward, inp), inp, device)
+            try:
+                cache[kind] = run_once(make_step(forward, inp), inp, device)
+            except RuntimeError as err:
+                if _is_oom(err):
+                    raise ReferenceOOMError from None
+                raise
         return cache[kind]
 
     for impl, row in zip(impls, rows):
         try:
             bench_impl(impl, inp, device, args, specs, row)
-        except Exception as err:  # one implementation's failure must not end the run
-            row["status"] = "oom" if _is_oom(err) else f"error: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        except Exception as err:  # noqa: BLE001 - one implementation's failure must not end the run
+            first_line = (str(err).splitlines() or [""])[0][:120]
+            if isinstance(err, ReferenceOOMError):
+                row["status"] = "oom (reference)"
+            elif _is_oom(err):
+                row["status"] = "oom"
+            else:
+                row["status"] = f"error: {type(err).__name__}: {first_line}"
         finally:
             inp.hidden.grad = inp.weight.grad = None
             _free(device)
-        print(f"[{label}] {impl}: {row.get('status')}"
-              + (f", {row['median_ms']:.2f} ms" if row.get("median_ms") is not None else ""), file=sys.stderr)
-    add_speedups(rows)
-    del inp, cache
+        timing = f", {row['median_ms']:.2f} ms" if row.get("median_ms") is not None else ""
+        print(f"[{label}] {impl}: {row.get('status')}{timing}", file=sys.stderr)
+
+
+def bench_case(set_name, n, h, v, dtype_name, impls, device, args) -> list[dict]:
+    """All implementations on one case; returns its rows."""
+    rows = [{"set": set_name, "N": n, "H": h, "V": v, "dtype": dtype_name, "impl": impl} for impl in impls]
+    try:
+        inp = make_inputs(n, h, v, DTYPES[dtype_name], device, args.seed)
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not _is_oom(err):
+            raise
+        for r in rows:
+            r["status"] = "oom (inputs)"
+    else:
+        run_impls(inp, impls, rows, device, args, label=f"{set_name} N={n} H={h} V={v} {dtype_name}")
+        del inp
     _free(device)
+    add_speedups(rows)
     return rows
 
 

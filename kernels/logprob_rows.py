@@ -55,7 +55,7 @@ def _row_logprobs_kernel(
 @triton.jit
 def _row_logprobs_backward_kernel(
     logits_ptr, stride_row, tokens_ptr, inv_t_ptr, lse_ptr, coef_ptr, V,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    WITH_TARGET: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
@@ -68,7 +68,7 @@ def _row_logprobs_backward_kernel(
         in_row = offs < V
         x = tl.load(row_ptr + offs, mask=in_row, other=float("-inf")).to(ACC)
         gp = g * tl.exp(x * inv_t - lse)
-        grad = tl.where(offs == tok, g - gp, -gp)
+        grad = tl.where(offs == tok, g - gp, -gp) if WITH_TARGET else -gp
         tl.store(row_ptr + offs, grad.to(logits_ptr.dtype.element_ty), mask=in_row)
 
 
@@ -92,13 +92,13 @@ def row_logprobs(logits: torch.Tensor, tokens: torch.Tensor, inv_temperature: fl
     return logp, lse
 
 
-def row_logprobs_backward_(logits, tokens, lse, coef, inv_temperature: float) -> None:
-    """In place: logits [N, V] <- coef * (onehot(tokens) - softmax(logits * inv_t)) * inv_t."""
+def row_logprobs_backward_(logits, tokens, lse, coef, inv_temperature: float, with_target: bool) -> None:
+    """In place: logits [N, V] <- coef * ([onehot(tokens)] - softmax(logits * inv_t)) * inv_t."""
     N, V = logits.shape
     if N == 0:
         return
     block, warps = _block_v(V)
     _row_logprobs_backward_kernel[(N,)](
         logits, logits.stride(0), tokens, _inv_t(inv_temperature, logits.device), lse, coef, V,
-        BLOCK_V=block, ACC=_acc(logits.dtype), num_warps=warps,
+        WITH_TARGET=with_target, BLOCK_V=block, ACC=_acc(logits.dtype), num_warps=warps,
     )

@@ -1,24 +1,32 @@
 // CPU kernels of the row ops (schemas in rlvr_world/ops/_library.py):
 //   row_logprobs(logits[N,V], tokens[N], inv_temperature) -> (logp[N], lse[N])
-//   row_logprobs_backward_(logits[N,V]!, tokens, lse, coef, inv_temperature)
-//       logits <- coef * (onehot(token) - softmax(logits * inv_t)) * inv_t     (in place)
+//   row_logprobs_backward_(logits[N,V]!, tokens, lse, coef, inv_temperature, with_target)
+//       logits <- coef * ([onehot(token)] - softmax(logits * inv_t)) * inv_t   (in place)
 //   grpo_token_terms(logp, old_logp, advantages, mask, ref_logp?, ...) -> (coef, loss, ratio, kl, flags)
 //
-// Rows are split over threads with at::parallel_for. Within a row the loops are written so that the
-// compiler vectorises them (omp simd, no calls): exp is a Cephes-style polynomial with ~1 ulp error in
-// fp32 (exact std::exp for fp64), the max and the sum are two passes over a row that sits in L2, and
-// the sum of exponentials accumulates in fp64 so that |Δlogp| stays below 1e-6 at V = 150k.
+// Rows are split over threads with at::parallel_for. fp32 rows (the fused paths' CPU compute dtype)
+// use ATen's Vectorized<float> explicitly: AVX2 lanes and Sleef's 1-ulp exp when built with -mavx2
+// (CMake's default on x86-64), plain-width lanes otherwise; the sum of exponentials is taken in fp32
+// lanes over blocks of 512 values and carried in fp64, so |Δlogp| stays ~1e-7 at V = 150k. Other
+// dtypes (fp64, and bf16/fp16 logits given to grpo_loss_from_logits) take a scalar loop in their
+// accumulation type.
+#if defined(__AVX2__) && !defined(CPU_CAPABILITY)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../grpo_math.h"
@@ -26,43 +34,74 @@
 namespace rlvr {
 namespace {
 
-// exp(x) for fp32, vectorisable: 2^n * p(r), r = x - n ln2. Inputs below -87.3 give 0 (also -inf).
-inline float exp_poly(float x) {
-  const float hi = 88.3762626647949f, lo = -87.3365478515625f;
-  const bool underflow = x < lo;
-  x = x > hi ? hi : (x < lo ? lo : x);
-  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return underflow ? 0.0f : y * scale;
-}
-inline double exp_poly(double x) { return std::exp(x); }
+using FVec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = FVec::size();
 
-// One row: max and log-sum-exp of x * inv_t in the accumulation type.
+inline float lanes_max(FVec v) {
+  float buf[kLanes];
+  v.store(buf);
+  return *std::max_element(buf, buf + kLanes);
+}
+
+inline double lanes_sum(FVec v) {
+  float buf[kLanes];
+  v.store(buf);
+  double s = 0.0;
+  for (int64_t i = 0; i < kLanes; ++i) s += buf[i];
+  return s;
+}
+
+// log-sum-exp of x * inv_t over one fp32 row.
+inline float row_lse_f32(const float* x, int64_t V, float inv_t) {
+  const FVec vinv(inv_t);
+  const int64_t body = V / kLanes * kLanes;
+  FVec vmax(-std::numeric_limits<float>::infinity());
+  for (int64_t v = 0; v < body; v += kLanes) vmax = at::vec::maximum(vmax, FVec::loadu(x + v) * vinv);
+  float m = lanes_max(vmax);
+  for (int64_t v = body; v < V; ++v) m = std::max(m, x[v] * inv_t);
+  if (!std::isfinite(m)) return m;  // all -inf (or a +inf/nan logit): propagate
+  const FVec vm(m);
+  double s = 0.0;
+  for (int64_t start = 0; start < body; start += 64 * kLanes) {
+    const int64_t stop = std::min(body, start + 64 * kLanes);
+    FVec acc(0.0f);
+    for (int64_t v = start; v < stop; v += kLanes) acc += (FVec::loadu(x + v) * vinv - vm).exp();
+    s += lanes_sum(acc);
+  }
+  for (int64_t v = body; v < V; ++v) s += std::exp(x[v] * inv_t - m);
+  return m + static_cast<float>(std::log(s));
+}
+
+// row <- -g * exp(row * inv_t - lse), in place, over one fp32 row.
+inline void row_neg_softmax_f32(float* x, int64_t V, float inv_t, float g, float lse) {
+  const FVec vinv(inv_t), vlse(lse), vneg_g(-g);
+  const int64_t body = V / kLanes * kLanes;
+  for (int64_t v = 0; v < body; v += kLanes) (vneg_g * (FVec::loadu(x + v) * vinv - vlse).exp()).store(x + v);
+  for (int64_t v = body; v < V; ++v) x[v] = -g * std::exp(x[v] * inv_t - lse);
+}
+
+// The same two passes for any other dtype, in its accumulation type.
 template <typename scalar_t, typename acc_t>
 inline acc_t row_lse(const scalar_t* x, int64_t V, acc_t inv_t) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t v = 0; v < V; ++v) {
-    const acc_t xv = static_cast<acc_t>(x[v]) * inv_t;
-    m = xv > m ? xv : m;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return row_lse_f32(x, V, inv_t);
+  } else {
+    acc_t m = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<acc_t>(x[v]) * inv_t);
+    if (!std::isfinite(m)) return m;
+    double s = 0.0;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<acc_t>(x[v]) * inv_t - m);
+    return m + static_cast<acc_t>(std::log(s));
   }
-  if (!std::isfinite(m)) return m;  // all -inf (or a +inf/nan logit): propagate
-  double s = 0.0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t v = 0; v < V; ++v) {
-    s += static_cast<double>(exp_poly(static_cast<acc_t>(x[v]) * inv_t - m));
+}
+
+template <typename scalar_t, typename acc_t>
+inline void row_neg_softmax(scalar_t* x, int64_t V, acc_t inv_t, acc_t g, acc_t lse) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    row_neg_softmax_f32(x, V, inv_t, g, lse);
+  } else {
+    for (int64_t v = 0; v < V; ++v) x[v] = static_cast<scalar_t>(-g * std::exp(static_cast<acc_t>(x[v]) * inv_t - lse));
   }
-  return m + static_cast<acc_t>(std::log(s));
 }
 
 template <typename scalar_t>
@@ -98,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> row_logprobs_cpu(const at::Tensor& logits, co
 
 template <typename scalar_t>
 void row_backward_impl(at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& lse,
-                       const at::Tensor& coef, double inv_temperature) {
+                       const at::Tensor& coef, double inv_temperature, bool with_target) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = logits.size(0), V = logits.size(1), ld = logits.stride(0);
   scalar_t* x = logits.mutable_data_ptr<scalar_t>();
@@ -114,23 +153,20 @@ void row_backward_impl(at::Tensor& logits, const at::Tensor& tokens, const at::T
         std::fill(row, row + V, scalar_t(0));
         continue;
       }
-      const acc_t target = g - g * exp_poly(static_cast<acc_t>(row[tok[n]]) * inv_t - l);
-#pragma omp simd
-      for (int64_t v = 0; v < V; ++v) {
-        row[v] = static_cast<scalar_t>(-g * exp_poly(static_cast<acc_t>(row[v]) * inv_t - l));
-      }
+      const acc_t target = (with_target ? g : acc_t(0)) - g * std::exp(static_cast<acc_t>(row[tok[n]]) * inv_t - l);
+      row_neg_softmax<scalar_t, acc_t>(row, V, inv_t, g, l);
       row[tok[n]] = static_cast<scalar_t>(target);
     }
   });
 }
 
 void row_logprobs_backward_cpu(at::Tensor logits, const at::Tensor& tokens, const at::Tensor& lse,
-                               const at::Tensor& coef, double inv_temperature) {
+                               const at::Tensor& coef, double inv_temperature, bool with_target) {
   rlvr_check_rows(logits, tokens);
   RLVR_CHECK_ROW_VECTOR(lse, logits);
   RLVR_CHECK_ROW_VECTOR(coef, logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "row_logprobs_backward_cpu",
-                                  [&] { row_backward_impl<scalar_t>(logits, tokens, lse, coef, inv_temperature); });
+                                  [&] { row_backward_impl<scalar_t>(logits, tokens, lse, coef, inv_temperature, with_target); });
 }
 
 template <typename acc_t>

@@ -2,7 +2,7 @@
 //
 //   row_logprobs           one block per row: each thread keeps an online (max, sum-exp) over a strided
 //                          slice of the vocab, then a warp-shuffle + shared-memory merge of the pairs.
-//   row_logprobs_backward_ one block per row: logits <- coef * (onehot - softmax) * inv_t, in place.
+//   row_logprobs_backward_ one block per row: logits <- coef * ([onehot] - softmax) * inv_t, in place.
 //   grpo_token_terms       elementwise, grpo_math.h per token.
 //
 // Accumulation in fp32 (fp64 for fp64 logits), exact expf (no fast-math: |Δlogp| must stay ~1e-6).
@@ -92,14 +92,14 @@ __global__ void __launch_bounds__(kThreads) row_backward_kernel(scalar_t* __rest
                                                                 const int64_t* __restrict__ tokens,
                                                                 const acc_t* __restrict__ lse,
                                                                 const acc_t* __restrict__ coef, acc_t inv_t,
-                                                                int64_t V) {
+                                                                int64_t V, bool with_target) {
   const int64_t row = blockIdx.x;
   scalar_t* x = logits + row * ld;
   const acc_t g = coef[row] * inv_t, l = lse[row];
   const int64_t tok = tokens[row];
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
     const acc_t gp = g * exp(static_cast<acc_t>(x[i]) * inv_t - l);
-    x[i] = static_cast<scalar_t>(i == tok ? g - gp : -gp);
+    x[i] = static_cast<scalar_t>(with_target && i == tok ? g - gp : -gp);
   }
 }
 
@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> row_logprobs_cuda(const at::Tensor& logits, c
 }
 
 void row_logprobs_backward_cuda(at::Tensor logits, const at::Tensor& tokens, const at::Tensor& lse,
-                                const at::Tensor& coef, double inv_temperature) {
+                                const at::Tensor& coef, double inv_temperature, bool with_target) {
   rlvr_check_rows(logits, tokens);
   RLVR_CHECK_ROW_VECTOR(lse, logits);
   RLVR_CHECK_ROW_VECTOR(coef, logits);
@@ -151,7 +151,7 @@ void row_logprobs_backward_cuda(at::Tensor logits, const at::Tensor& tokens, con
     using acc_t = at::opmath_type<scalar_t>;
     row_backward_kernel<scalar_t, acc_t><<<N, kThreads, 0, stream>>>(
         logits.mutable_data_ptr<scalar_t>(), logits.stride(0), tokens.const_data_ptr<int64_t>(),
-        lse.const_data_ptr<acc_t>(), coef.const_data_ptr<acc_t>(), static_cast<acc_t>(inv_temperature), V);
+        lse.const_data_ptr<acc_t>(), coef.const_data_ptr<acc_t>(), static_cast<acc_t>(inv_temperature), V, with_target);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

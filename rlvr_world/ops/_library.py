@@ -8,9 +8,10 @@ one line is logged, and ``impl="auto"`` picks another backend.
 Row ops (N rows of a [N, V] logits matrix, rows contiguous; ``acc`` = fp64 for fp64 logits else fp32):
 
 * ``row_logprobs(logits, tokens, inv_temperature) -> (logp[N] acc, lse[N] acc)``
-* ``row_logprobs_backward_(logits!, tokens, lse, coef, inv_temperature)``: in place,
+* ``row_logprobs_backward_(logits!, tokens, lse, coef, inv_temperature, with_target)``: in place,
   ``logits <- coef * (onehot(token) - softmax(logits * inv_t)) * inv_t``, the gradient of
-  ``sum(coef * logp)`` w.r.t. the logits.
+  ``sum(coef * logp)`` w.r.t. the logits; ``with_target=False`` leaves out the onehot term (the fused
+  paths add ``coef * inv_t * W[token]`` exactly, outside the GEMM, where it would dominate the sum).
 * ``grpo_token_terms(logp, old_logp, advantages, mask, ref_logp?, clip_low, clip_high, clip_c, kl_coef,
   scale) -> (coef, loss, ratio, kl, flags uint8)``: the elementwise GRPO math of DESIGN §5 and its
   derivative ``coef = mask * scale * d loss / d logp``; flags bits 1/2/4 = clipped low/high/dual.
@@ -29,7 +30,7 @@ _DEFS = {
     "row_logprobs": "row_logprobs(Tensor logits, Tensor tokens, float inv_temperature) -> (Tensor, Tensor)",
     "row_logprobs_backward_": (
         "row_logprobs_backward_(Tensor(a!) logits, Tensor tokens, Tensor lse, Tensor coef, "
-        "float inv_temperature) -> ()"
+        "float inv_temperature, bool with_target) -> ()"
     ),
     "grpo_token_terms": (
         "grpo_token_terms(Tensor logp, Tensor old_logp, Tensor advantages, Tensor mask, Tensor? ref_logp, "
@@ -55,7 +56,7 @@ def _row_logprobs_fake(logits, tokens, inv_temperature):
 
 
 @torch.library.register_fake("rlvr_world::row_logprobs_backward_")
-def _row_logprobs_backward_fake(logits, tokens, lse, coef, inv_temperature):
+def _row_logprobs_backward_fake(logits, tokens, lse, coef, inv_temperature, with_target):
     return None
 
 

@@ -121,7 +121,7 @@ class _GRPOLossFromLogits(torch.autograd.Function):
         logits, tokens, lse, coef = ctx.saved_tensors
         inv_t, rows = ctx.args
         grad = logits.detach().clone()  # [N, V], overwritten with the gradient
-        rows.row_logprobs_backward_(grad, tokens, lse, (coef * grad_loss.to(coef.dtype)).contiguous(), inv_t)
+        rows.row_logprobs_backward_(grad, tokens, lse, (coef * grad_loss.to(coef.dtype)).contiguous(), inv_t, True)
         return grad, *([None] * 7)
 
 

@@ -45,11 +45,12 @@ def test_grpo_token_terms_match_reference_autograd(impl, dtype, with_ref):
 
 
 @pytest.mark.parametrize("impl", cpu_impls())
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_row_logprobs_and_backward(impl, dtype):
+@pytest.mark.parametrize("dtype,vocab", [(torch.float64, 4633), (torch.float32, 4633), (torch.float32, 151936),
+                                         (torch.bfloat16, 4633)])
+def test_row_logprobs_and_backward(impl, dtype, vocab):
     g = torch.Generator().manual_seed(3)
-    logits = (torch.randn(19, 4633, generator=g, dtype=torch.float64) * 3).to(dtype)
-    tokens = torch.randint(0, 4633, (19,), generator=g)
+    logits = (torch.randn(19, vocab, generator=g, dtype=torch.float64) * 3).to(dtype)
+    tokens = torch.randint(0, vocab, (19,), generator=g)
     rows = row_backend(impl)
     logp, lse = rows.row_logprobs(logits, tokens, 1 / 0.8)
     x = logits.double().requires_grad_()
@@ -60,7 +61,7 @@ def test_row_logprobs_and_backward(impl, dtype):
     assert_close("logp", logp, ref.detach(), atol=tol)
     assert_close("lse", lse, torch.logsumexp(x.detach() / 0.8, -1), atol=tol)
     grad = logits.clone()
-    rows.row_logprobs_backward_(grad, tokens, lse, coef.to(lse.dtype), 1 / 0.8)
+    rows.row_logprobs_backward_(grad, tokens, lse, coef.to(lse.dtype), 1 / 0.8, True)
     atol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
     assert_close("dlogits", grad, x.grad, atol=atol * float(x.grad.abs().max()))
 
@@ -75,7 +76,8 @@ def test_opcheck_registered_ops():
         torch.library.opcheck(ops.row_logprobs.default, (logits, tokens, 1.25))
         logp, lse = ops.row_logprobs(logits, tokens, 1.25)
         coef = torch.randn(6, generator=g).to(lse.dtype)
-        torch.library.opcheck(ops.row_logprobs_backward_.default, (logits.clone(), tokens, lse, coef, 1.25))
+        for with_target in (True, False):
+            torch.library.opcheck(ops.row_logprobs_backward_.default, (logits.clone(), tokens, lse, coef, 1.25, with_target))
     logp, old, adv, mask, ref = _terms_inputs(64, torch.float32)
     for r in (ref, None):
         torch.library.opcheck(ops.grpo_token_terms.default, (logp, old, adv, mask, r, 0.2, 0.2, 3.0, 0.1, 0.5))
@@ -92,4 +94,4 @@ def test_registered_ops_check_their_inputs():
     with pytest.raises(ValueError, match="logits must be contiguous in its last dim"):
         ops.row_logprobs(torch.randn(10, 4).t(), tokens, 1.0)
     with pytest.raises(ValueError, match="lse must be Float"):
-        ops.row_logprobs_backward_(logits, tokens, torch.zeros(4, dtype=torch.float64), torch.zeros(4), 1.0)
+        ops.row_logprobs_backward_(logits, tokens, torch.zeros(4, dtype=torch.float64), torch.zeros(4), 1.0, True)

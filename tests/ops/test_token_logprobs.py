@@ -32,7 +32,9 @@ def test_matches_reference(impl, dtype, vocab, n, temperature, chunk):
     eager = _run("reference", p, dtype, temperature)
     got = _run(impl, p, dtype, temperature, chunk)
     assert got[0].dtype == dtype
-    if dtype == torch.float32:
+    if dtype == torch.float32 and chunk is None:
+        # one chunk = the reference's own GEMM, so the logits are bit-identical and this bounds the
+        # log-softmax alone (smaller chunks change the GEMM's blocking, hence the logits' last bits)
         assert_close("logp vs fp32 reference", got[0], eager[0], atol=2e-6)
     for name, a, e, t in zip(("logp", "d_hidden", "d_weight"), got, eager, truth):
         assert_within_eager_error(name, a, e, t)
