@@ -2,8 +2,9 @@
 
 ``row_logprobs``: an online log-sum-exp over the vocab in blocks (fp32, or fp64 for fp64 logits),
 then the token's log-prob. ``row_logprobs_backward_``: rewrites the row in place with
-``coef * (onehot - softmax) * inv_t`` in the logits dtype, so the chunk that held the logits holds
-the gradient fed to the two backward GEMMs, and no [N, V] fp32 buffer ever exists.
+``coef * ([onehot] - softmax) * inv_t`` in the logits dtype (the onehot term only ``WITH_TARGET``), so
+the chunk that held the logits holds the gradient fed to the two backward GEMMs, and no [N, V] fp32
+buffer ever exists.
 
 The temperature enters as a pointer to an fp64 scalar (Triton passes Python floats as fp32, which
 would cost fp64 inputs eight digits). bf16/fp16 logits are upcast right after the load (the CPU

@@ -3,8 +3,9 @@ without an [N, V] logits tensor.
 
 Tokens are processed in chunks of C rows. Per chunk: one GEMM writes the chunk's logits [C, V] in the
 compute dtype, a row kernel reduces them to (logp, lse) with an fp32 online log-sum-exp, and, when a
-gradient is wanted, a second row kernel rewrites the same buffer in place with d loss / d logits, which
-two more GEMMs turn into dHidden[C] and an update of dWeight. Memory: O(C x V) plus dWeight; FLOPs:
+gradient is wanted, a second row kernel rewrites the same buffer in place with the softmax part of
+d loss / d logits, which two more GEMMs turn into dHidden[C] and an update of dWeight; the target-token
+part (one term per row) is added beside the GEMMs, exactly. Memory: O(C x V) plus dWeight; FLOPs:
 2NHV forward, 6NHV for forward + gradients in one sweep (the GRPO loss computes its gradient during the
 forward, as Liger's fused linear losses do, because d loss / d logp is known as soon as logp is).
 
