@@ -19,10 +19,10 @@ def check_tensor(name: str, x, *, ndim: int | None = None, floating: bool = Fals
         raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
 
 
-def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+def check_same_device(ref_name: str, device: torch.device, **others: torch.Tensor | None) -> None:
     for name, x in others.items():
-        if x is not None and x.device != ref.device:
-            raise ValueError(f"{name} must be on {ref_name}'s device {ref.device}, got {x.device}")
+        if x is not None and x.device != device:
+            raise ValueError(f"{name} must be on {ref_name}'s device {device}, got {x.device}")
 
 
 def check_per_token(n: int, **vectors: torch.Tensor | None) -> None:
@@ -61,4 +61,4 @@ def check_linear(hidden: torch.Tensor, weight: torch.Tensor) -> None:
         )
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
-    check_same_device("hidden", hidden, weight=weight)
+    check_same_device("hidden", hidden.device, weight=weight)

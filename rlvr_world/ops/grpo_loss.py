@@ -129,8 +129,8 @@ def _prepare(n, device, acc, old_logp, advantages, mask, ref_logp, clip_low, cli
              temperature, num_tokens):
     """Check the per-token inputs and scalars; return them contiguous in the accumulation dtype + _Config."""
     check_per_token(n, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
-    check_same_device("hidden/logits", torch.empty(0, device=device), old_logp=old_logp, advantages=advantages,
-                      mask=mask, ref_logp=ref_logp)
+    check_same_device("hidden/logits", device, old_logp=old_logp, advantages=advantages, mask=mask,
+                      ref_logp=ref_logp)
     check_positive("temperature", temperature)
     if not 0 <= clip_low < 1:
         raise ValueError(f"clip_low must be in [0, 1), got {clip_low}")
@@ -138,7 +138,7 @@ def _prepare(n, device, acc, old_logp, advantages, mask, ref_logp, clip_low, cli
         raise ValueError(f"clip_high must be >= 0, got {clip_high}")
     if not clip_c > 1:
         raise ValueError(f"clip_c (dual-clip bound) must be > 1, got {clip_c}")
-    mask = mask.bool() if mask.dtype == torch.bool else mask != 0
+    mask = mask if mask.dtype == torch.bool else mask != 0
     if num_tokens is None:
         count = max(int(mask.sum()), 1)
     else:
@@ -151,8 +151,8 @@ def _prepare(n, device, acc, old_logp, advantages, mask, ref_logp, clip_low, cli
     return (*vec, mask.contiguous(), ref, cfg)
 
 
-def _finish(outputs) -> tuple[torch.Tensor, GRPOStats]:
-    loss, ratio, kl, flags, mask = outputs
+def _finish(outputs, mask: torch.Tensor) -> tuple[torch.Tensor, GRPOStats]:
+    loss, ratio, kl, flags = outputs
     return loss, _stats(ratio, kl, flags, mask)
 
 
@@ -215,7 +215,7 @@ def grpo_loss(
     tokens = tokens.to(torch.int64).contiguous()
     outputs = _FusedGRPOLoss.apply(hidden, weight, tokens, old, adv, mask_b, ref, cfg, row_backend(backend),
                                    chunk_size)
-    return _finish((*outputs, mask_b))
+    return _finish(outputs, mask_b)
 
 
 def grpo_loss_from_logits(
@@ -256,4 +256,4 @@ def grpo_loss_from_logits(
         ))
     tokens = tokens.to(torch.int64).contiguous()
     outputs = _GRPOLossFromLogits.apply(logits, tokens, old, adv, mask_b, ref, cfg, row_backend(backend))
-    return _finish((*outputs, mask_b))
+    return _finish(outputs, mask_b)

@@ -30,6 +30,8 @@ def _args(n=4, h=8, v=11):
         (dict(old_logp=torch.randn(5)), r"old_logp must have shape \(4,\).*got \(5,\)"),
         (dict(advantages=torch.randn(4, 1)), r"advantages must be 1-D, got shape \(4, 1\)"),
         (dict(mask=torch.ones(3, dtype=torch.bool)), r"mask must have shape \(4,\)"),
+        (dict(old_logp=torch.randn(4, device="meta")), "old_logp must be on hidden/logits's device cpu, got meta"),
+        (dict(weight=torch.randn(11, 8, device="meta")), "weight must be on hidden's device cpu, got meta"),
     ],
 )
 def test_grpo_loss_bad_input(change, match):
