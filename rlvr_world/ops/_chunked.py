@@ -54,13 +54,12 @@ def _grad_weight_buffer(weight: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
 
 
 def _add_grad_weight(dw: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) -> None:
-    """dw [V, H] += dlogits[C, V].T @ h [C, H], accumulating in dw's dtype."""
+    """dw [V, H] += dlogits[C, V].T @ h [C, H], accumulating in dw's dtype (fp32 dw with half-precision
+    dlogits happens only on CUDA, where the compute dtype stays half: see ``compute_dtype``)."""
     if dw.dtype == dlogits.dtype:
         dw.addmm_(dlogits.t(), h)
-    elif dw.is_cuda:
-        dw.copy_(torch.addmm(dw, dlogits.t(), h, out_dtype=dw.dtype))
     else:
-        dw.add_(torch.mm(dlogits.t(), h))
+        dw.copy_(torch.addmm(dw, dlogits.t(), h, out_dtype=dw.dtype))
 
 
 class Chunks:
@@ -118,13 +117,17 @@ def _grad_buffers(chunks: Chunks, hidden, weight, need_dh: bool, need_dw: bool):
     return dh, dw
 
 
+def _grads(dh, dw, weight) -> Grads:
+    return _grads(dh, dw, weight)
+
+
 def logprobs_backward(rows, hidden, weight, tokens, lse, coef, inv_t, need_dh, need_dw, chunk_size=None) -> Grads:
     """Gradients of sum(coef * logp) w.r.t. hidden and weight (recomputing each chunk's logits)."""
     chunks = Chunks(hidden, weight, chunk_size)
     dh, dw = _grad_buffers(chunks, hidden, weight, need_dh, need_dw)
     for s, e, h, logits in chunks:
         _backward_chunk(chunks, rows, s, e, h, logits, tokens, lse[s:e], coef[s:e], inv_t, dh, dw)
-    return Grads(dh, dw.to(weight.dtype) if dw is not None else None)
+    return _grads(dh, dw, weight)
 
 
 class GRPOTokens(NamedTuple):
@@ -182,4 +185,4 @@ def _grpo_sweep(rows, hidden, weight, tokens, old_logp, advantages, mask, ref_lo
         for buf, val in zip(out, (loss, ratio, kl, flags)):
             buf[s:e] = val
         _backward_chunk(chunks, rows, s, e, h, logits, tokens, lse, coef, inv_t, dh, dw)
-    return out, Grads(dh, dw.to(weight.dtype) if dw is not None else None)
+    return out, _grads(dh, dw, weight)
