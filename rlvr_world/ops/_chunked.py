@@ -118,7 +118,7 @@ def _grad_buffers(chunks: Chunks, hidden, weight, need_dh: bool, need_dw: bool):
 
 
 def _grads(dh, dw, weight) -> Grads:
-    return _grads(dh, dw, weight)
+    return Grads(dh, dw.to(weight.dtype) if dw is not None else None)
 
 
 def logprobs_backward(rows, hidden, weight, tokens, lse, coef, inv_t, need_dh, need_dw, chunk_size=None) -> Grads:
