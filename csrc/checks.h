@@ -84,3 +84,29 @@ inline RlvrGRPOTermsOut rlvr_empty_grpo_terms(const at::Tensor& logp) {
   return {at::empty_like(logp), at::empty_like(logp), at::empty_like(logp), at::empty_like(logp),
           at::empty(logp.sizes(), logp.options().dtype(at::kByte))};
 }
+
+// frame_metrics: pred [B, C, H, W] and target [B / group_size, C, H, W], contiguous, one dtype (uint8 or
+// float), on one device; window [K] (K odd, K <= H, K <= W when with_ssim) contiguous in the accumulation
+// dtype (fp64 for fp64 frames, else fp32).
+inline void rlvr_check_frames(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& window,
+                              int64_t group_size, bool with_ssim) {
+  RLVR_CHECK_DIM(pred, 4);
+  TORCH_CHECK_VALUE(pred.scalar_type() == at::kByte || at::isFloatingType(pred.scalar_type()),
+                    "pred must be uint8 or a float tensor, got ", pred.scalar_type());
+  RLVR_CHECK_CONTIGUOUS(pred);
+  TORCH_CHECK_VALUE(group_size >= 1 && pred.size(0) % group_size == 0, "group_size must be >= 1 and divide pred's ",
+                    pred.size(0), " frames, got ", group_size);
+  RLVR_CHECK_SHAPE(target, pred.size(0) / group_size, pred.size(1), pred.size(2), pred.size(3));
+  RLVR_CHECK_DTYPE(target, pred.scalar_type());
+  RLVR_CHECK_DEVICE(target, pred);
+  RLVR_CHECK_CONTIGUOUS(target);
+  RLVR_CHECK_DIM(window, 1);
+  RLVR_CHECK_DTYPE(window, rlvr_acc_dtype(pred.scalar_type()));
+  RLVR_CHECK_DEVICE(window, pred);
+  RLVR_CHECK_CONTIGUOUS(window);
+  if (with_ssim) {
+    const int64_t K = window.size(0);
+    TORCH_CHECK_VALUE(K % 2 == 1 && K <= pred.size(2) && K <= pred.size(3), "window must have an odd size K <= H = ",
+                      pred.size(2), " and <= W = ", pred.size(3), ", got K = ", K);
+  }
+}

@@ -8,9 +8,14 @@ worst indices with the three values side by side.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
+import os
+import sys
+
 import torch
 
-__all__ = ["assert_close", "assert_within_eager_error", "mismatch_report"]
+__all__ = ["assert_close", "assert_within_eager_error", "mismatch_report", "prepare_torchvision"]
 
 # Floor added to the 2x bound, relative to max |truth|: the last few ulps of each dtype.
 _REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -66,3 +71,35 @@ def assert_within_eager_error(name: str, actual: torch.Tensor, eager: torch.Tens
             f"error above {factor:g} x eager error {eager_err:.3e} + floor {floor:.3e} = {bound:.3e}\n"
             + mismatch_report(name, actual, truth, eager)
         )
+
+
+_TORCHVISION_SHIM = None
+
+
+def prepare_torchvision() -> None:
+    """Let ``import torchvision`` (needed by the ``lpips`` and ``piqa`` packages) work beside a CPU torch.
+
+    The torchvision wheel that matches torch 2.13 on PyPI is a CUDA build: its compiled ops fail to load
+    beside the CPU torch, and its import then stops at ``operator torchvision::nms does not exist``. When
+    that would happen, the two schemas its Python side registers fakes for are defined here first (the
+    detection ops stay unusable; the classification models these packages use need none). Does nothing
+    when torchvision is missing, already imported, or its ops load.
+    """
+    global _TORCHVISION_SHIM
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or "torchvision" in sys.modules or _TORCHVISION_SHIM is not None:
+        return
+    for library in glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so")):
+        try:
+            torch.ops.load_library(library)
+        except (OSError, RuntimeError):
+            continue
+        if torch._C._dispatch_has_kernel_for_dispatch_key("torchvision::nms", "CPU"):
+            return
+    shim = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TOR901 - only where the real ops cannot load
+    for name in ("nms", "qnms"):
+        try:
+            torch._C._dispatch_find_schema_or_throw(f"torchvision::{name}", "")
+        except RuntimeError:
+            shim.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SHIM = shim

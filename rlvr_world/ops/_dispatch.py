@@ -58,10 +58,15 @@ def _note_fallback(choice: str, reason: str) -> None:
     log.warning("rlvr_world: impl='auto' uses %s (%s)", choice, reason)
 
 
-def resolve(impl: str, device: torch.device) -> str:
-    """The backend that runs for ``impl`` on ``device``; raises if an explicit choice is unavailable."""
+def resolve(impl: str, device: torch.device, impls: tuple[str, ...] = IMPLS) -> str:
+    """The backend that runs for ``impl`` on ``device``; raises if an explicit choice is unavailable.
+
+    ``impls`` lists the backends an op has (``IMPLS`` when it has them all); ``auto`` picks among them.
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl not in impls:
+        raise RuntimeError(f"impl={impl!r} is unavailable: this op has no {impl} backend (it has {impls})")
     if impl != "auto":
         why = missing(impl, device)
         if why is not None:
@@ -69,10 +74,11 @@ def resolve(impl: str, device: torch.device) -> str:
         return impl
     order = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
     reasons = []
-    for choice in order:
+    for choice in (c for c in order if c in impls):
         why = missing(choice, device)
         if why is None:
             return choice
         reasons.append(why)
-    _note_fallback("reference", "; ".join(reasons))
+    if reasons:  # an op with no compiled backend for this device uses its reference without a note
+        _note_fallback("reference", "; ".join(reasons))
     return "reference"

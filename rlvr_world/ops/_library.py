@@ -15,6 +15,17 @@ Row ops (N rows of a [N, V] logits matrix, rows contiguous; ``acc`` = fp64 for f
 * ``grpo_token_terms(logp, old_logp, advantages, mask, ref_logp?, clip_low, clip_high, clip_c, kl_coef,
   scale) -> (coef, loss, ratio, kl, flags uint8)``: the elementwise GRPO math of DESIGN §5 and its
   derivative ``coef = mask * scale * d loss / d logp``; flags bits 1/2/4 = clipped low/high/dual.
+
+Frame op (B predicted frames against B/G true frames, DESIGN §5 video rewards):
+
+* ``frame_metrics(pred, target, window, group_size, with_ssim) -> (sq_err[B], abs_err[B], ssim[B] | [0])``.
+  ``pred`` [B, C, H, W] and ``target`` [B/G, C, H, W], contiguous, one dtype: uint8 (read as x / 255) or
+  float16/bfloat16/float32/float64 (clamped to [0, 1], NaN kept). Prediction b is compared with target
+  b // G. ``window`` is the normalised 1-D Gaussian [K] (K odd, K <= H and K <= W) in the accumulation
+  dtype (fp64 for fp64 frames, else fp32), which is also the dtype of the outputs. ``sq_err``/``abs_err``
+  are the means of (p - t)^2 and |p - t| over C, H, W; ``ssim`` is the mean over C and the valid region
+  (H - K + 1) x (W - K + 1) of the SSIM map with C1 = 0.01^2, C2 = 0.03^2 (piqa), or an empty [0] tensor
+  when ``with_ssim`` is False.
 """
 
 from __future__ import annotations
@@ -36,6 +47,10 @@ _DEFS = {
         "grpo_token_terms(Tensor logp, Tensor old_logp, Tensor advantages, Tensor mask, Tensor? ref_logp, "
         "float clip_low, float clip_high, float clip_c, float kl_coef, float scale) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "frame_metrics": (
+        "frame_metrics(Tensor pred, Tensor target, Tensor window, int group_size, bool with_ssim) "
+        "-> (Tensor, Tensor, Tensor)"
     ),
 }
 
@@ -64,6 +79,13 @@ def _row_logprobs_backward_fake(logits, tokens, lse, coef, inv_temperature, with
 def _grpo_token_terms_fake(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, kl_coef, scale):
     like = [torch.empty_like(logp) for _ in range(4)]
     return (*like, torch.empty_like(logp, dtype=torch.uint8))
+
+
+@torch.library.register_fake("rlvr_world::frame_metrics")
+def _frame_metrics_fake(pred, target, window, group_size, with_ssim):
+    acc = acc_dtype(pred.dtype)  # fp32 for uint8 frames too
+    err = pred.new_empty(pred.shape[:1], dtype=acc)
+    return err, torch.empty_like(err), pred.new_empty((pred.shape[0] if with_ssim else 0,), dtype=acc)
 
 
 def _load_extension() -> str | None:

@@ -8,6 +8,12 @@ and benchmarks do. The math follows DESIGN §5:
 * the GRPO token loss is verl's ``compute_policy_loss`` (clip, dual clip) plus the ``low_var_kl`` (k3)
   penalty, summed over masked tokens and divided by ``num_tokens``.
 
+* frame metrics (MSE, MAE, SSIM) follow piqa: frames in [0, 1] (uint8 / 255; floats clamped to [0, 1]
+  as decoded frames are, NaN kept), a normalised Gaussian window, valid padding, the SSIM map averaged
+  over the valid region and the channels;
+* the LPIPS head unit-normalises both feature maps over channels (eps 1e-10, the ``lpips`` package's),
+  weights the squared difference per channel and averages it over space.
+
 Where two branches tie (``pg_clipped == pg``, ``pg_dual == pg``) the gradient flows through the
 unclipped branch: ``torch.where`` with a strict comparison, so the optimized kernels can reproduce the
 gradient exactly rather than the half-and-half split of ``torch.maximum``.
@@ -23,7 +29,10 @@ __all__ = [
     "GRPOTokenTerms",
     "grpo_loss",
     "grpo_loss_from_logits",
+    "frame_metrics",
+    "gaussian_window",
     "grpo_token_terms",
+    "lpips_head",
     "logprobs_from_logits",
     "masked_stats",
     "token_logprobs",
@@ -180,3 +189,76 @@ def grpo_loss_from_logits(
     """Reference GRPO loss from logits [N, V]; returns (loss, stats dict)."""
     logp = logprobs_from_logits(logits, tokens, temperature)  # [N]
     return _grpo_from_logp(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, kl_coef, num_tokens)
+
+
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """piqa's 1-D Gaussian: exp(-x^2 / (2 sigma^2)) at x = i - (size - 1) / 2, normalised to sum 1. [size]"""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    window = torch.exp(-(x**2) / (2 * sigma**2))
+    return (window / window.sum()).to(dtype)
+
+
+def frames_to_unit(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Frames as values in [0, 1]: uint8 / 255; floats clamped to [0, 1] (NaN stays NaN)."""
+    if x.dtype == torch.uint8:
+        return x.to(dtype) / 255.0
+    x = x.to(dtype)
+    return torch.where(x < 0, 0.0, torch.where(x > 1, 1.0, x))
+
+
+def _blur_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter with valid padding: [N, C, H, W] -> [N, C, H-K+1, W-K+1]."""
+    c, k = x.shape[1], window.numel()
+    x = torch.nn.functional.conv2d(x, window.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return torch.nn.functional.conv2d(x, window.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """SSIM map of frames in [0, 1] (piqa semantics, valid padding): [N, C, H, W] -> [N, C, H-K+1, W-K+1]."""
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    mu_x, mu_y = _blur_valid(x, window), _blur_valid(y, window)
+    sigma_xx = _blur_valid(x * x, window) - mu_x * mu_x
+    sigma_yy = _blur_valid(y * y, window) - mu_y * mu_y
+    sigma_xy = _blur_valid(x * y, window) - mu_x * mu_y
+    cs = (2 * sigma_xy + c2) / (sigma_xx + sigma_yy + c2)
+    return (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1) * cs
+
+
+def frame_metrics(
+    pred: torch.Tensor, target: torch.Tensor, group_size: int = 1, *, window: int = 11, sigma: float = 1.5,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """MSE, MAE, PSNR and SSIM of each predicted frame against its true frame, computed in ``dtype``.
+
+    pred [B, C, H, W]; target [B, C, H, W], or [B / G, C, H, W] shared by G = ``group_size`` consecutive
+    predictions. Returns a dict of [B] tensors: mse, mae (means over C, H, W), psnr = 10 log10(1 /
+    (mse + 1e-8)), ssim (Gaussian ``window`` x ``sigma``, valid padding, mean over the valid region and C).
+    """
+    x = frames_to_unit(pred, dtype)  # [B, C, H, W]
+    y = frames_to_unit(target, dtype).repeat_interleave(pred.shape[0] // target.shape[0], dim=0)  # [B, C, H, W]
+    mse = (x - y).square().flatten(1).mean(1)  # [B]
+    mae = (x - y).abs().flatten(1).mean(1)  # [B]
+    psnr = 10 * torch.log10(1.0 / (mse + 1e-8))  # [B]
+    ssim = ssim_map(x, y, gaussian_window(window, sigma, dtype)).flatten(1).mean(1)  # [B]
+    return {"mse": mse, "mae": mae, "psnr": psnr, "ssim": ssim}
+
+
+LPIPS_EPS = 1e-10
+
+
+def lpips_head(feat_pred: torch.Tensor, feat_target: torch.Tensor, weight: torch.Tensor,
+               group_size: int = 1) -> torch.Tensor:
+    """One LPIPS stage: mean over space of sum_c w_c (x_c / (|x| + eps) - y_c / (|y| + eps))^2, in fp32.
+
+    feat_pred [B, C, H, W], feat_target [B / G, C, H, W] (target b // G for prediction b), weight [C]
+    (the stage's 1x1 linear head). Returns [B] fp32 (fp64 for fp64 features).
+    """
+    acc = _acc_dtype(feat_pred.dtype)
+    x, y = feat_pred.to(acc), feat_target.to(acc).repeat_interleave(group_size, dim=0)  # [B, C, H, W]
+    x = x / (x.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    y = y / (y.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    d = ((x - y).square() * weight.to(acc).view(1, -1, 1, 1)).sum(1)  # [B, H, W]
+    return d.flatten(1).mean(1)  # [B]
