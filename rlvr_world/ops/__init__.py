@@ -5,7 +5,17 @@
 
 from . import reference
 from ._library import cpp_available
+from .frame_metrics import FrameErrors, frame_metrics
 from .grpo_loss import GRPOStats, grpo_loss, grpo_loss_from_logits
 from .token_logprobs import token_logprobs
 
-__all__ = ["GRPOStats", "cpp_available", "grpo_loss", "grpo_loss_from_logits", "reference", "token_logprobs"]
+__all__ = [
+    "FrameErrors",
+    "GRPOStats",
+    "cpp_available",
+    "frame_metrics",
+    "grpo_loss",
+    "grpo_loss_from_logits",
+    "reference",
+    "token_logprobs",
+]

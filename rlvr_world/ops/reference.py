@@ -229,21 +229,24 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Te
 
 def frame_metrics(
     pred: torch.Tensor, target: torch.Tensor, group_size: int = 1, *, window: int = 11, sigma: float = 1.5,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float64, with_ssim: bool = True,
 ) -> dict[str, torch.Tensor]:
     """MSE, MAE, PSNR and SSIM of each predicted frame against its true frame, computed in ``dtype``.
 
     pred [B, C, H, W]; target [B, C, H, W], or [B / G, C, H, W] shared by G = ``group_size`` consecutive
     predictions. Returns a dict of [B] tensors: mse, mae (means over C, H, W), psnr = 10 log10(1 /
-    (mse + 1e-8)), ssim (Gaussian ``window`` x ``sigma``, valid padding, mean over the valid region and C).
+    (mse + 1e-8)), ssim (Gaussian ``window`` x ``sigma``, valid padding, mean over the valid region and C;
+    left out when ``with_ssim`` is False).
     """
     x = frames_to_unit(pred, dtype)  # [B, C, H, W]
     y = frames_to_unit(target, dtype).repeat_interleave(pred.shape[0] // target.shape[0], dim=0)  # [B, C, H, W]
     mse = (x - y).square().flatten(1).mean(1)  # [B]
     mae = (x - y).abs().flatten(1).mean(1)  # [B]
     psnr = 10 * torch.log10(1.0 / (mse + 1e-8))  # [B]
-    ssim = ssim_map(x, y, gaussian_window(window, sigma, dtype)).flatten(1).mean(1)  # [B]
-    return {"mse": mse, "mae": mae, "psnr": psnr, "ssim": ssim}
+    out = {"mse": mse, "mae": mae, "psnr": psnr}
+    if with_ssim:
+        out["ssim"] = ssim_map(x, y, gaussian_window(window, sigma, dtype)).flatten(1).mean(1)  # [B]
+    return out
 
 
 LPIPS_EPS = 1e-10
