@@ -18,6 +18,7 @@ from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from rlvr_world.kernels.logprob_rows import _row_logprobs_kernel, _row_logprobs_backward_kernel
 from rlvr_world.kernels.grpo_terms import _grpo_token_terms_kernel
+from rlvr_world.kernels.lpips_head import _lpips_head_kernel
 
 target = GPUTarget("cuda", 90, 32)
 built = 0
@@ -43,6 +44,15 @@ for acc, a in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):
            "HAS_REF": "constexpr", "BLOCK": "constexpr", "ACC": "constexpr"}
     for has_ref in (True, False):
         build(_grpo_token_terms_kernel, sig, {"HAS_REF": has_ref, "BLOCK": 1024, "ACC": acc})
+for feat in ("bf16", "fp16", "fp32", "fp64"):  # lpips_head: NCHW and channels_last tiles; i64 image strides
+    acc, a = (tl.float64, "*fp64") if feat == "fp64" else (tl.float32, "*fp32")
+    sig = {"x_ptr": "*" + feat, "y_ptr": "*" + feat, "w_ptr": a, "part_ptr": a,
+           **{n: "i32" for n in ("C", "W", "HW", "G", "n_blocks", "sxb", "sxc", "sxh", "sxw", "syb", "syc", "syh", "syw")},
+           "EPS": "constexpr", "BLOCK_C": "constexpr", "BLOCK_S": "constexpr", "ACC": "constexpr"}
+    for block_c, block_s in ((16, 128), (64, 32)):
+        build(_lpips_head_kernel, sig, {"EPS": 1e-10, "BLOCK_C": block_c, "BLOCK_S": block_s, "ACC": acc})
+    if feat == "bf16":
+        build(_lpips_head_kernel, {**sig, "sxb": "i64", "syb": "i64"}, {"EPS": 1e-10, "BLOCK_C": 16, "BLOCK_S": 128, "ACC": acc})
 print("built", built)
 '''
 
@@ -51,4 +61,4 @@ def test_kernels_compile_for_sm90(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "built 16" in r.stdout
+    assert "built 25" in r.stdout

@@ -7,6 +7,7 @@ from . import reference
 from ._library import cpp_available
 from .frame_metrics import FrameErrors, frame_metrics
 from .grpo_loss import GRPOStats, grpo_loss, grpo_loss_from_logits
+from .lpips_head import lpips_head
 from .token_logprobs import token_logprobs
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "frame_metrics",
     "grpo_loss",
     "grpo_loss_from_logits",
+    "lpips_head",
     "reference",
     "token_logprobs",
 ]
