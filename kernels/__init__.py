@@ -7,6 +7,9 @@ import Triton; its modules do, so they are imported only when a Triton path runs
 * ``logprob_rows``: per-row log-sum-exp / token log-prob over the vocab, and the in-place softmax
   gradient of a row (the two passes of the chunked fused linear log-prob).
 * ``grpo_terms``: the elementwise GRPO token math and its derivative w.r.t. the log-prob.
+* ``frame_metrics``: per-frame squared / absolute error sums and SSIM of predicted frames against true
+  frames shared by groups (a streaming pixel kernel, and a fused tiled SSIM kernel).
+* ``lpips_head``: one LPIPS stage (channel normalisation, weighted squared difference, spatial mean).
 """
 
 import os

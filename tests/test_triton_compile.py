@@ -19,13 +19,17 @@ from triton.backends.compiler import GPUTarget
 from rlvr_world.kernels.logprob_rows import _row_logprobs_kernel, _row_logprobs_backward_kernel
 from rlvr_world.kernels.grpo_terms import _grpo_token_terms_kernel
 from rlvr_world.kernels.lpips_head import _lpips_head_kernel
+from rlvr_world.kernels.frame_metrics import _pixel_sums_kernel, _ssim_tiles_kernel
 
 target = GPUTarget("cuda", 90, 32)
 built = 0
 
-def build(fn, sig, consts):
+def build(fn, sig, consts, divisible=(), num_warps=4):
+    """divisible: argument names the launcher's specialisation marks 16-divisible (aligned pointers, W % 16 == 0)."""
     global built
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
+    attrs = {(list(sig).index(n),): [["tt.divisibility", 16]] for n in divisible}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
+                       options=dict(num_warps=num_warps))
     assert len(k.asm["cubin"]) > 0, fn
     built += 1
 
@@ -53,12 +57,27 @@ for feat in ("bf16", "fp16", "fp32", "fp64"):  # lpips_head: NCHW and channels_l
         build(_lpips_head_kernel, sig, {"EPS": 1e-10, "BLOCK_C": block_c, "BLOCK_S": block_s, "ACC": acc})
     if feat == "bf16":
         build(_lpips_head_kernel, {**sig, "sxb": "i64", "syb": "i64"}, {"EPS": 1e-10, "BLOCK_C": 16, "BLOCK_S": 128, "ACC": acc})
+for frame in ("u8", "bf16", "fp16", "fp32", "fp64"):  # frame_metrics: streaming pixel sums, fused SSIM tiles
+    acc, a = (tl.float64, "*fp64") if frame == "fp64" else (tl.float32, "*fp32")
+    ptrs = {"pred_ptr": "*" + frame, "target_ptr": "*" + frame}
+    build(_pixel_sums_kernel, {**ptrs, "sq_ptr": a, "abs_ptr": a, "G": "i32", "N": "i32", "S": "i32",
+          "CHUNK": "constexpr", "BLOCK": "constexpr", "IS_U8": "constexpr", "ACC": "constexpr"},
+          {"CHUNK": 32768, "BLOCK": 4096, "IS_U8": frame == "u8", "ACC": acc},
+          divisible=("pred_ptr", "target_ptr", "N"), num_warps=8)
+    sig = {**ptrs, "window_ptr": a, "params_ptr": "*fp64", "scratch_ptr": a, "ssim_ptr": a, "sq_ptr": a, "abs_ptr": a,
+           **{n: "i32" for n in ("G", "C", "H", "W", "H_OUT", "W_OUT", "N_RT", "N_CT", "N_TILES")},
+           **{n: "constexpr" for n in ("K", "BH", "BW", "BWO", "SW", "IS_U8", "ACC")}}
+    tiles = [(4, 128)] if frame == "fp64" else [(8, 128)] + [(16, 64), (4, 256)] * (frame == "u8")
+    for bh, bw in tiles:  # the launcher's GPU tiles (K = 11: 16 halo columns); W % 16 == 0 and odd W
+        consts = {"K": 11, "BH": bh, "BW": bw, "BWO": bw - 16, "SW": bw + 16, "IS_U8": frame == "u8", "ACC": acc}
+        for divisible in ((), ("pred_ptr", "target_ptr", "window_ptr", "scratch_ptr", "W")):
+            build(_ssim_tiles_kernel, sig, consts, divisible=divisible, num_warps=8)
 print("built", built)
 '''
 
 
 def test_kernels_compile_for_sm90(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "built 25" in r.stdout
+    assert "built 44" in r.stdout
