@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #define RLVR_CHECK_DIM(x, n) \
   TORCH_CHECK_VALUE((x).dim() == (n), #x " must have ", (n), " dims, got shape ", (x).sizes())
@@ -96,7 +97,9 @@ inline void rlvr_check_frames(const at::Tensor& pred, const at::Tensor& target, 
   RLVR_CHECK_CONTIGUOUS(pred);
   TORCH_CHECK_VALUE(group_size >= 1 && pred.size(0) % group_size == 0, "group_size must be >= 1 and divide pred's ",
                     pred.size(0), " frames, got ", group_size);
-  RLVR_CHECK_SHAPE(target, pred.size(0) / group_size, pred.size(1), pred.size(2), pred.size(3));
+  const std::vector<int64_t> target_shape{pred.size(0) / group_size, pred.size(1), pred.size(2), pred.size(3)};
+  TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(target_shape), "target must have shape ",
+                    at::IntArrayRef(target_shape), " (B / group_size frames like pred's), got ", target.sizes());
   RLVR_CHECK_DTYPE(target, pred.scalar_type());
   RLVR_CHECK_DEVICE(target, pred);
   RLVR_CHECK_CONTIGUOUS(target);
