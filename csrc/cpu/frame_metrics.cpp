@@ -24,15 +24,11 @@
 // * Determinism: the task split depends only on the shapes (strips of 16..64 output rows); tasks are
 //   claimed dynamically by the threads but each writes its own partial sums, reduced afterwards in a
 //   fixed order, so the result does not depend on the thread count.
-#if defined(__AVX2__) && !defined(CPU_CAPABILITY)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
+#include "vec.h"  // first: it sets the vector ISA of ATen's Vectorized
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -10,15 +10,11 @@
 // lanes over blocks of 512 values and carried in fp64, so |Δlogp| stays ~1e-7 at V = 150k. Other
 // dtypes (fp64, and bf16/fp16 logits given to grpo_loss_from_logits) take a scalar loop in their
 // accumulation type.
-#if defined(__AVX2__) && !defined(CPU_CAPABILITY)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
+#include "vec.h"  // first: it sets the vector ISA of ATen's Vectorized
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from rlvr_world.ops._checks import check_group_size, shared_target_factor
 from rlvr_world.ops.lpips_head import IMPLS as HEAD_IMPLS
 from rlvr_world.ops.lpips_head import lpips_head
 
@@ -295,8 +296,7 @@ class LPIPS(nn.Module):
                 raise ValueError(f"{name} must be [N, 3, H, W] RGB frames, got shape {tuple(x.shape)}")
             if x.dtype != torch.uint8 and not x.is_floating_point():
                 raise ValueError(f"{name} must be uint8 or float frames, got {x.dtype}")
-        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        check_group_size(group_size)
         if target.device != pred.device:
             raise ValueError(f"target must be on pred's device {pred.device}, got {target.device}")
         if pred.device != self.shift.device:
@@ -307,13 +307,7 @@ class LPIPS(nn.Module):
         if min(pred.shape[2:]) < self.min_size:
             raise ValueError(f"LPIPS(net={self.net!r}) needs frames of at least {self.min_size}x{self.min_size}, "
                              f"got (H, W) = {tuple(pred.shape[2:])}")
-        b = pred.shape[0]
-        if target.shape[0] == b:
-            return 1
-        if b % group_size or target.shape[0] != b // group_size:
-            raise ValueError(f"target must have {b} frames (one per prediction) or {b} / group_size = "
-                             f"{b / group_size:g} frames (one per group of {group_size}), got {target.shape[0]}")
-        return group_size
+        return shared_target_factor(pred.shape[0], target.shape[0], group_size)
 
     @torch.no_grad()
     def forward(self, pred: torch.Tensor, target: torch.Tensor, group_size: int = 1, *,

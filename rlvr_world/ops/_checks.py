@@ -62,3 +62,20 @@ def check_linear(hidden: torch.Tensor, weight: torch.Tensor) -> None:
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
     check_same_device("hidden", hidden.device, weight=weight)
+
+
+def check_group_size(group_size) -> None:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+
+
+def shared_target_factor(num_pred: int, num_target: int, group_size: int) -> int:
+    """How many consecutive predictions share one target: 1 when there is a target per prediction,
+    ``group_size`` when there is one per group; anything else is a ValueError."""
+    check_group_size(group_size)
+    if num_target == num_pred:
+        return 1
+    if num_pred % group_size or num_target != num_pred // group_size:
+        raise ValueError(f"target must have {num_pred} frames (one per prediction) or {num_pred} / group_size = "
+                         f"{num_pred / group_size:g} frames (one per group of {group_size}), got {num_target}")
+    return group_size

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from . import _dispatch, reference
-from ._checks import check_tensor
+from ._checks import check_group_size, check_tensor, shared_target_factor
 
 FRAME_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -61,20 +61,13 @@ def check_frames(pred: torch.Tensor, target: torch.Tensor, group_size: int) -> i
     for name, x in (("pred", pred), ("target", target)):
         if x.dtype not in FRAME_DTYPES:
             raise ValueError(f"{name} must be uint8 or float16/bfloat16/float32/float64 frames, got {x.dtype}")
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    check_group_size(group_size)
     if target.device != pred.device:
         raise ValueError(f"target must be on pred's device {pred.device}, got {target.device}")
-    b = pred.shape[0]
     if target.shape[1:] != pred.shape[1:]:
         raise ValueError(f"target frames must have pred's frame shape (C, H, W) = {tuple(pred.shape[1:])}, "
                          f"got {tuple(target.shape[1:])}")
-    if target.shape[0] == b:
-        return 1
-    if b % group_size or target.shape[0] != b // group_size:
-        raise ValueError(f"target must have {b} frames (one per prediction) or {b} / group_size = "
-                         f"{b / group_size:g} frames (one per group of {group_size}), got {target.shape[0]}")
-    return group_size
+    return shared_target_factor(pred.shape[0], target.shape[0], group_size)
 
 
 def raise_on_nan(name: str, values: torch.Tensor) -> None:

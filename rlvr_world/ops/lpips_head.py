@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import _dispatch, reference
-from ._checks import check_tensor
+from ._checks import check_group_size, check_tensor
 
 IMPLS = ("auto", "reference", "triton")
 
@@ -22,8 +22,7 @@ def _check(feat_pred, feat_target, weight, group_size) -> None:
     check_tensor("feat_pred", feat_pred, ndim=4, floating=True)
     check_tensor("feat_target", feat_target, ndim=4, floating=True)
     check_tensor("weight", weight, ndim=1, floating=True)
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    check_group_size(group_size)
     B, C, H, W = feat_pred.shape
     if feat_target.dtype != feat_pred.dtype:
         raise ValueError(f"feat_target must have feat_pred's dtype {feat_pred.dtype}, got {feat_target.dtype}")

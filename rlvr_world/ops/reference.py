@@ -27,13 +27,13 @@ import torch
 
 __all__ = [
     "GRPOTokenTerms",
-    "grpo_loss",
-    "grpo_loss_from_logits",
     "frame_metrics",
     "gaussian_window",
+    "grpo_loss",
+    "grpo_loss_from_logits",
     "grpo_token_terms",
-    "lpips_head",
     "logprobs_from_logits",
+    "lpips_head",
     "masked_stats",
     "token_logprobs",
 ]

@@ -6,9 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-import rlvr_world.rewards as rewards
+from rlvr_world import rewards
 from rlvr_world.ops import reference
-from rlvr_world.rewards import REWARDS, video, video_reward, weighted
+from rlvr_world.rewards import REWARDS, video, weighted
 from rlvr_world.testing import assert_close
 
 
