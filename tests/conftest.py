@@ -2,6 +2,7 @@
 set here before any kernel module is imported). GPU tests carry the `cuda` marker and skip without one.
 """
 
+import importlib.util
 import os
 
 import pytest
@@ -12,6 +13,11 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from rlvr_world.ops import _dispatch  # noqa: E402
+
+# Triton's bundled LLVM must be loaded before Mesa's (MuJoCo's EGL rendering on a CPU loads llvmpipe):
+# importing triton after a simulator test has rendered segfaults the test process.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: E402, F401
 
 
 def cpu_impls() -> list[str]:
