@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0        # the CPU wheel; pinned before anything can pull a CUDA build
 	$(PIP) install -q "setuptools>=68" wheel cmake ninja
-	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[dev]"
+	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[dev,sim]"
 	touch $@
 
 install: $(STAMP)

@@ -1,16 +1,18 @@
 """Models: the networks the trainer, the rollout engine and the rewards run (DESIGN §2).
 
 * ``fsq``: finite scalar quantization (``FSQ``), the discrete bottleneck of the frame tokenizers.
+* ``frame_tokenizer``: the per-frame CNN FSQ tokenizer (``FrameTokenizer``, ``FrameTokenizerArgs``).
 * ``lpips``: VGG16 / AlexNet feature nets and the LPIPS v0.1 metric (``LPIPS``), a video reward.
 * ``transformer``: the LLaMA / Qwen2 decoder (``Transformer``, ``ModelArgs``) with HF weight interop.
 * ``kv_cache``: static KV caches (``KVCache``, per-group ``SharedPrefixKVCache``) and their eager attention.
 """
 
-from . import fsq, kv_cache, lpips, transformer
+from . import frame_tokenizer, fsq, kv_cache, lpips, transformer
+from .frame_tokenizer import FrameTokenizer, FrameTokenizerArgs
 from .fsq import FSQ
 from .kv_cache import KVCache, SharedPrefixKVCache
 from .lpips import LPIPS
 from .transformer import ModelArgs, Transformer
 
-__all__ = ["FSQ", "LPIPS", "KVCache", "ModelArgs", "SharedPrefixKVCache", "Transformer", "fsq", "kv_cache", "lpips",
+__all__ = ["FSQ", "LPIPS", "FrameTokenizer", "FrameTokenizerArgs", "frame_tokenizer", "KVCache", "ModelArgs", "SharedPrefixKVCache", "Transformer", "fsq", "kv_cache", "lpips",
            "transformer"]

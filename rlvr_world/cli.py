@@ -1,0 +1,114 @@
+"""``rlvr-train``: parse the command line → load and check the config → run the recipe. Nothing else.
+
+Every recipe is a subcommand taking the same config options (``rlvr_world.config``)::
+
+    rlvr-train collect --config rlvr_world/configs/collect_sim64.yaml data.workers=2
+    rlvr-train collect --preset collect-smoke --print-config
+
+``--preset NAME`` starts from a named preset instead of the recipe's defaults, ``--config PATH`` sets
+values from a YAML file, positional ``key=value`` overrides come last, and ``--print-config`` prints the
+resolved YAML and exits. A config error is reported on stderr with exit status 2 before any work starts.
+Recipes that are designed but not built yet are listed and exit with status 2 (they do not pretend).
+Without a subcommand the help is printed and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import config as C
+
+__all__ = ["AVAILABLE", "main"]
+
+NOT_AVAILABLE = "not available yet in this version"
+
+
+def _run_collect(cfg: C.CollectRun) -> int:
+    """Collect Meta-World episodes into ``data.root``, then (re)write its meta.json (action ranges)."""
+    from .data import episodes, sim
+
+    d = cfg.data
+    result = sim.collect(
+        d.root,
+        tasks=list(d.tasks),
+        episodes_per_task=d.episodes_per_task,
+        image_size=d.image_size,
+        max_steps=d.max_steps,
+        frame_skip=d.frame_skip,
+        split_fractions=list(d.split_fractions),
+        seed=d.seed,
+        workers=d.workers,
+        camera=d.camera,
+        grades=d.grades,
+        progress=cfg.progress,
+    )
+    root = Path(d.root)
+    if any((root / "train").glob("*.npz")):
+        episodes.compute_action_ranges(root)
+    C.to_yaml(cfg, root / "collect_config.yaml")
+    print(f"collected {result.get('collected', 0)} episodes (skipped {result.get('skipped', 0)} present) "
+          f"into {root}")
+    for task, grades in sorted((result.get("success_by_grade") or {}).items()):
+        cells = ", ".join(f"{g} {s}/{n}" for g, (s, n) in grades.items())
+        print(f"  {task}: success by grade: {cells}")
+    return 0
+
+
+# recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
+AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<10} {cls.summary}" + ("" if name in AVAILABLE else f" ({NOT_AVAILABLE})")
+             for name, cls in C.RECIPES.items()]
+    parser = argparse.ArgumentParser(
+        prog="rlvr-train",
+        description="Train world models by reinforcement learning from verifiable rewards (RLVR-World).",
+        epilog="recipes:\n" + "\n".join(lines) + "\n\npresets: " + ", ".join(sorted(C.PRESETS))
+        + "\nRun `rlvr-train RECIPE --help` for a recipe's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # no help= per sub-parser: the epilog lists the recipes, one line each
+    sub = parser.add_subparsers(dest="recipe", metavar="RECIPE", help="one of: " + ", ".join(C.RECIPES))
+    for name, cls in C.RECIPES.items():
+        presets = C.presets_for(name)
+        p = sub.add_parser(
+            name,
+            description=cls.summary + ("" if name in AVAILABLE else f" ({NOT_AVAILABLE})"),
+            epilog="overrides are dotted key=value pairs, e.g. data.image_size=64 data.tasks=[drawer-open]",
+        )
+        p.add_argument("--config", metavar="PATH", help="YAML file setting config values")
+        p.add_argument("--preset", metavar="NAME",
+                       help="start from a named preset" + (f" ({', '.join(presets)})" if presets else ""))
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rlvr-train``; returns the exit status (0 ok, 2 usage or config error)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.recipe is None:
+        parser.print_help()
+        return 2
+    if args.recipe not in AVAILABLE:
+        print(f"rlvr-train: recipe {args.recipe!r} is {NOT_AVAILABLE}; available: {', '.join(AVAILABLE)}",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = C.load_config(args.recipe, args.config, args.overrides, preset=args.preset)
+    except ValueError as e:
+        print(f"rlvr-train {args.recipe}: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        sys.stdout.write(C.to_yaml(cfg))
+        return 0
+    return AVAILABLE[args.recipe](cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

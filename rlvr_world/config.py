@@ -1,0 +1,502 @@
+"""Run configuration: dataclasses per concern, one root per recipe, named presets, YAML + dotted overrides.
+
+A recipe's configuration is a root dataclass (``CollectRun``, ``PretrainRun``, ``GRPORun``, ...) whose
+fields are sections, one dataclass per concern (``DataConfig``, ``ModelConfig``, ``TokenizerConfig``,
+``TrainConfig``, ``GRPOConfig``, ``EvalConfig``). ``load_config`` resolves one in a fixed order:
+
+1. the recipe's defaults, or a named preset (``PRESETS``, gpt-fast's ``ModelArgs.from_name`` style);
+2. a YAML file, which only *sets values* of fields that exist (a YAML file cannot add keys or code);
+3. dotted ``key=value`` overrides (``grpo.group_size=16``, ``data.tasks=[drawer-open,reach]``), each
+   value parsed with ``yaml.safe_load`` (so ``3`` is an int, ``1e-3`` a float, ``true`` a bool, ``[a,b]`` a
+   list, ``null`` None); for a ``str`` field the text is taken as is (``data.root=2024`` is the string
+   ``"2024"``).
+
+Everything is checked before any work starts, and every error is a ``ValueError`` naming the dotted key:
+unknown keys list the keys allowed at that level (with a close match when there is one); wrong types
+name the expected type and the value; enumerated fields (``typing.Literal``) list the allowed values;
+range checks (positive sizes, probabilities in [0, 1], ...) run last, in each section's ``check``.
+
+Choices: plain dataclasses + PyYAML, no OmegaConf/Hydra (no interpolation, no config groups: a preset
+is a Python function, so it can be read and diffed). An int is accepted for a float field (``lr=1``), and so is
+a string that spells a float (YAML 1.1 reads ``1e-6``, without a dot, as a string);
+a bool is never accepted for an int. A YAML mapping given for a section merges into it key by key, a
+mapping given for a ``dict`` field (``data.grades``, ``model.overrides``) replaces the whole dict, and a
+dotted override may set one key of such a dict (``model.overrides.dim=256``). ``to_yaml`` writes the
+resolved config, headed by its ``recipe``, so that the file loads back to an equal config
+(``load_config(recipe, path)``) and can be kept beside the checkpoints.
+
+The defaults of the RL sections are the paper's (RLVR-World, arXiv 2505.13934, video world model on
+RT-1: G = 16 samples per prompt, 128 prompts per step, clip 0.2/0.2, dual clip 3.0, k3 KL 1e-3, reward
+−(MAE + LPIPS)); the recipes that use the other sections refine their defaults as they are built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from ._typed_config import apply_overrides, apply_yaml, set_fields, unknown_key_message
+
+__all__ = [
+    "PRESETS",
+    "RECIPES",
+    "CollectRun",
+    "DataConfig",
+    "EvalConfig",
+    "EvalRun",
+    "GRPOConfig",
+    "GRPORun",
+    "ModelConfig",
+    "PretrainRun",
+    "Real2SimConfig",
+    "Real2SimRun",
+    "RunConfig",
+    "TokenizerConfig",
+    "TokenizerRun",
+    "TrainConfig",
+    "apply_overrides",
+    "apply_yaml",
+    "from_dict",
+    "load_config",
+    "to_dict",
+    "to_yaml",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sections (one dataclass per concern)
+
+
+def _positive(where: str, **values) -> None:
+    for name, v in values.items():
+        if v < 1:
+            raise ValueError(f"{where}.{name} must be >= 1, got {v!r}")
+
+
+def _non_negative(where: str, **values) -> None:
+    for name, v in values.items():
+        if v < 0:
+            raise ValueError(f"{where}.{name} must be >= 0, got {v!r}")
+
+
+@dataclass
+class DataConfig:
+    """Episode data: where it lives and, for the built-in simulator, how it is collected.
+
+    The collection fields are the arguments of ``rlvr_world.data.sim.collect`` (Meta-World scripted
+    experts with quality grades); the training recipes read ``root`` and the clip layout.
+    """
+
+    root: str = "data/metaworld64"  # dataset directory: root/{train,val,test}/*.npz + meta.json
+    tasks: list[str] = field(default_factory=lambda: ["drawer-open", "drawer-close"])  # Meta-World tasks
+    episodes_per_task: int = 100
+    image_size: int = 64  # frames are image_size x image_size RGB
+    max_steps: int = 100  # env steps per episode (fixed length)
+    frame_skip: int = 2  # env steps per stored frame: T = max_steps // frame_skip frames
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train, val, test
+    seed: int = 0  # episode k of task t is seeded by (seed, t, k): same data for any worker count
+    workers: int = 1  # collection processes
+    camera: str = "corner3"
+    grades: dict[str, float] | None = None  # {grade: weight}; None: sim.DEFAULT_GRADE_WEIGHTS
+    context_frames: int = 4  # clip layout of the world model: frames given as the prompt ...
+    future_frames: int = 1  # ... and frames predicted (1: single-step; the paper's multi-step uses 7)
+
+    def check(self, where: str = "data") -> None:
+        _positive(where, episodes_per_task=self.episodes_per_task, image_size=self.image_size,
+                  max_steps=self.max_steps, frame_skip=self.frame_skip, workers=self.workers,
+                  context_frames=self.context_frames, future_frames=self.future_frames)
+        if not self.tasks:
+            raise ValueError(f"{where}.tasks must name at least one task, got []")
+        if self.frame_skip > self.max_steps:
+            raise ValueError(f"{where}.frame_skip must be <= {where}.max_steps={self.max_steps}, "
+                             f"got {self.frame_skip}")
+        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) \
+                or sum(self.split_fractions) <= 0:
+            raise ValueError(f"{where}.split_fractions must be 3 non-negative numbers (train, val, test) with a "
+                             f"positive sum, got {self.split_fractions!r}")
+        if self.grades is not None:
+            from .data.sim import GRADES  # numpy only; the simulator itself is imported lazily by collect
+
+            unknown = sorted(set(self.grades) - set(GRADES))
+            if unknown:
+                raise ValueError(f"{where}.grades has unknown grade(s) {unknown}; allowed: {list(GRADES)}")
+            if any(w < 0 for w in self.grades.values()) or sum(self.grades.values()) <= 0:
+                raise ValueError(f"{where}.grades weights must be >= 0 with a positive sum, got {self.grades!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The world model: a ``rlvr_world.models.transformer`` preset name plus field overrides.
+
+    ``args()`` gives ``ModelArgs.from_name(name, **overrides)``; ``vwm-s`` is the paper's RT-1 model size.
+    """
+
+    name: str = "vwm-s"  # one of rlvr_world.models.transformer.PRESETS
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelArgs fields, e.g. {vocab_size: 9008}
+    init_from: str | None = None  # checkpoint or HF-layout directory to start from (None: random init)
+
+    def args(self):
+        from .models.transformer import ModelArgs
+
+        return ModelArgs.from_name(self.name, **self.overrides)
+
+    def check(self, where: str = "model") -> None:
+        from .models.transformer import PRESETS as MODEL_PRESETS
+        from .models.transformer import ModelArgs
+
+        if self.name not in MODEL_PRESETS:
+            raise ValueError(f"{where}.name must be one of {sorted(MODEL_PRESETS)}, got {self.name!r}")
+        allowed = [f.name for f in dataclasses.fields(ModelArgs)]
+        for key in self.overrides:
+            if key not in allowed:
+                raise ValueError(unknown_key_message(f"{where}.overrides.{key}", key, allowed))
+        try:
+            self.args()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+@dataclass
+class TokenizerConfig:
+    """The visual tokenizer: frames -> FSQ token grids (``rlvr_world.models.frame_tokenizer``).
+
+    Like ``ModelConfig``: a ``FrameTokenizerArgs`` preset name plus field overrides (``args()``). ``sim-64``
+    turns 64x64 simulator frames into 8x8 tokens, ``rt1`` 256x320 RT-1 frames into 16x20 = 320 tokens (the
+    paper's); both use the paper's FSQ levels [7, 5, 5, 5, 5]. ``kind="compressive"`` (iVideoGPT's
+    context-conditioned tokenizer) is reserved for the recipe that builds it.
+    """
+
+    kind: Literal["frame", "compressive"] = "frame"
+    name: str = "sim-64"  # one of rlvr_world.models.frame_tokenizer.PRESETS
+    overrides: dict[str, Any] = field(default_factory=dict)  # FrameTokenizerArgs fields, e.g. {levels: [8, 5, 5, 5]}
+    checkpoint: str | None = None  # trained tokenizer directory (save_pretrained layout) to load
+
+    def args(self):
+        from .models.frame_tokenizer import FrameTokenizerArgs
+
+        return FrameTokenizerArgs.from_name(self.name, **self.overrides)
+
+    def check(self, where: str = "tokenizer") -> None:
+        try:
+            from .models import frame_tokenizer
+        except ImportError:  # not in this build: nothing to check the name against
+            return
+        if self.name not in frame_tokenizer.PRESETS:
+            raise ValueError(f"{where}.name must be one of {sorted(frame_tokenizer.PRESETS)}, got {self.name!r}")
+        allowed = [f.name for f in dataclasses.fields(frame_tokenizer.FrameTokenizerArgs)]
+        for key in self.overrides:
+            if key not in allowed:
+                raise ValueError(unknown_key_message(f"{where}.overrides.{key}", key, allowed))
+        try:
+            self.args()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping shared by every training recipe (AdamW)."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up; cosine decays to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    batch_size: int = 16  # samples per optimizer step per rank, before accumulation
+    grad_accum: int = 1
+    steps: int = 10_000
+    eval_every: int = 500  # 0: never
+    checkpoint_every: int = 1000  # 0: only at the end
+    log_every: int = 10
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU that has it, else fp32
+    seed: int = 0
+    out_dir: str = "runs/default"  # checkpoints, the resolved config.yaml and logs
+    resume: bool = False  # continue from the latest checkpoint in out_dir
+
+    def check(self, where: str = "train") -> None:
+        _positive(where, batch_size=self.batch_size, grad_accum=self.grad_accum, steps=self.steps,
+                  log_every=self.log_every)
+        _non_negative(where, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                      grad_clip=self.grad_clip, eval_every=self.eval_every,
+                      checkpoint_every=self.checkpoint_every)
+        if not self.lr > 0:
+            raise ValueError(f"{where}.lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{where}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"{where}.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO (the paper's RL post-training; loss semantics in DESIGN §5 / ``rlvr_world.ops.grpo_loss``).
+
+    Each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts, scores them with
+    ``reward`` (a key of ``rlvr_world.rewards.REWARDS``), normalises rewards within each group and updates
+    the policy ``ppo_epochs`` times in mini-batches of ``mini_batch_prompts`` prompts (whole groups).
+    """
+
+    group_size: int = 16  # G samples per prompt
+    prompts_per_step: int = 128  # P prompts per RL step (P * G rollouts)
+    mini_batch_prompts: int = 32  # prompts per policy update (must divide prompts_per_step)
+    ppo_epochs: int = 1
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.2
+    clip_c: float = 3.0  # dual clip for negative advantages
+    kl_coef: float = 1e-3  # k3 ("low_var_kl") penalty to the reference policy; 0 drops the reference
+    advantage_scale: Literal["std", "none"] = "std"  # "none": Dr. GRPO (r - mean)
+    reward: str = "neg_mae_lpips"  # -(MAE + LPIPS), the paper's video reward
+    temperature: float = 1.0
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+
+    def check(self, where: str = "grpo") -> None:
+        _positive(where, group_size=self.group_size, prompts_per_step=self.prompts_per_step,
+                  mini_batch_prompts=self.mini_batch_prompts, ppo_epochs=self.ppo_epochs)
+        if self.group_size < 2:
+            raise ValueError(f"{where}.group_size must be >= 2 (advantages are relative within a group), "
+                             f"got {self.group_size}")
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ValueError(f"{where}.mini_batch_prompts must divide {where}.prompts_per_step="
+                             f"{self.prompts_per_step}, got {self.mini_batch_prompts}")
+        for name in ("clip_low", "clip_high"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{where}.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.clip_c <= 1.0:
+            raise ValueError(f"{where}.clip_c must be > 1, got {self.clip_c!r}")
+        _non_negative(where, kl_coef=self.kl_coef, top_k=self.top_k)
+        if not self.temperature > 0:
+            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a trained world model on held-out episodes (single- or multi-step prediction)."""
+
+    checkpoint: str | None = None  # the run directory or checkpoint to evaluate
+    split: Literal["train", "val", "test"] = "test"
+    metrics: list[str] = field(default_factory=lambda: ["mse", "mae", "psnr", "ssim", "lpips"])
+    num_samples: int = 1  # samples per prompt (metrics averaged)
+    max_prompts: int = 0  # 0: all
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    save_videos: int = 8  # prediction grids written as GIF/PNG
+    out_dir: str = "runs/eval"
+    seed: int = 0
+
+    def check(self, where: str = "eval") -> None:
+        _positive(where, num_samples=self.num_samples)
+        _non_negative(where, max_prompts=self.max_prompts, save_videos=self.save_videos, top_k=self.top_k)
+        allowed = ["mse", "mae", "psnr", "ssim", "lpips"]
+        bad = [m for m in self.metrics if m not in allowed]
+        if bad:
+            raise ValueError(f"{where}.metrics has unknown metric(s) {bad}; allowed: {allowed}")
+        if not self.temperature > 0:
+            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class Real2SimConfig:
+    """Real2sim policy evaluation: run policies in the simulator and in the world model, compare success."""
+
+    checkpoint: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["drawer-open", "drawer-close"])
+    policies: list[str] = field(default_factory=lambda: ["expert", "noisy", "random_segments"])
+    episodes_per_policy: int = 20
+    horizon: int = 50  # world-model steps per rollout
+    out_dir: str = "runs/real2sim"
+    seed: int = 0
+
+    def check(self, where: str = "real2sim") -> None:
+        _positive(where, episodes_per_policy=self.episodes_per_policy, horizon=self.horizon)
+        if not self.tasks or not self.policies:
+            raise ValueError(f"{where}.tasks and {where}.policies must not be empty")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# roots (one per recipe)
+
+
+@dataclass
+class RunConfig:
+    """Base of the per-recipe roots; ``recipe`` names the ``rlvr-train`` subcommand that runs it."""
+
+    recipe: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and hasattr(value, "check"):
+                value.check(f.name)
+
+
+@dataclass
+class CollectRun(RunConfig):
+    recipe: ClassVar[str] = "collect"
+    summary: ClassVar[str] = "collect built-in Meta-World episodes (scripted experts, graded) into data.root"
+
+    data: DataConfig = field(default_factory=DataConfig)
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class TokenizerRun(RunConfig):
+    recipe: ClassVar[str] = "tokenizer"
+    summary: ClassVar[str] = "train the FSQ visual tokenizer on episode frames"
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/tokenizer"))
+
+
+@dataclass
+class PretrainRun(RunConfig):
+    recipe: ClassVar[str] = "pretrain"
+    summary: ClassVar[str] = "pre-train the world model by next-token likelihood (MLE)"
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
+
+
+@dataclass
+class GRPORun(RunConfig):
+    recipe: ClassVar[str] = "grpo"
+    summary: ClassVar[str] = "post-train the world model with GRPO on a verifiable reward"
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=1e-5, warmup_steps=0, schedule="constant", weight_decay=0.0, steps=1000, eval_every=50,
+        checkpoint_every=100, out_dir="runs/grpo"))
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+@dataclass
+class EvalRun(RunConfig):
+    recipe: ClassVar[str] = "eval"
+    summary: ClassVar[str] = "evaluate a world model: single/multi-step video metrics and prediction grids"
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class Real2SimRun(RunConfig):
+    recipe: ClassVar[str] = "real2sim"
+    summary: ClassVar[str] = "real2sim policy evaluation: predict policy success rates inside the world model"
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    real2sim: Real2SimConfig = field(default_factory=Real2SimConfig)
+
+
+RECIPES: dict[str, type[RunConfig]] = {
+    cls.recipe: cls for cls in (CollectRun, TokenizerRun, PretrainRun, GRPORun, EvalRun, Real2SimRun)
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# presets
+
+
+def _collect_sim_64() -> CollectRun:
+    """Meta-World drawer-open/close at 64x64, 100 episodes per task (about 10 min on 2 CPU workers)."""
+    return CollectRun(data=DataConfig(root="data/metaworld64", tasks=["drawer-open", "drawer-close"],
+                                      episodes_per_task=100, image_size=64, max_steps=100, frame_skip=2,
+                                      workers=2))
+
+
+def _collect_smoke() -> CollectRun:
+    """A few short episodes of one task: checks the simulator set-up in seconds."""
+    return CollectRun(data=DataConfig(root="data/smoke", tasks=["drawer-open"], episodes_per_task=4,
+                                      image_size=32, max_steps=20, frame_skip=2, workers=1))
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "collect-sim-64": _collect_sim_64,
+    "collect-smoke": _collect_smoke,
+    "smoke": _collect_smoke,
+}
+
+
+def presets_for(recipe: str) -> list[str]:
+    """Names of the presets whose root is ``recipe``'s."""
+    cls = RECIPES[recipe]
+    return sorted(name for name, make in PRESETS.items() if type(make()) is cls)
+
+
+def load_config(recipe: str, path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                preset: str | None = None) -> RunConfig:
+    """The resolved, checked config of ``recipe``: defaults or ``preset``, then ``path``, then ``overrides``.
+
+    >>> cfg = load_config("collect", overrides=["data.image_size=32", "data.tasks=[reach]"])
+    >>> cfg.data.image_size, cfg.data.tasks
+    (32, ['reach'])
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    cls = RECIPES[recipe]
+    if preset is None:
+        config = cls()
+    else:
+        if preset not in PRESETS:
+            names = ", ".join(presets_for(recipe)) or "none"
+            raise ValueError(f"unknown preset {preset!r}; presets of {recipe}: {names}")
+        config = PRESETS[preset]()
+        if type(config) is not cls:
+            raise ValueError(f"preset {preset!r} is a {config.recipe!r} config, not {recipe!r}; presets of "
+                             f"{recipe}: {', '.join(presets_for(recipe)) or 'none'}")
+    if path is not None:
+        apply_yaml(config, path)
+    apply_overrides(config, overrides)
+    config.check()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict of a config (lists and dicts copied)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(recipe: str, values: Mapping) -> RunConfig:
+    """A checked config of ``recipe`` from a nested dict (as ``to_dict`` gives)."""
+    config = RECIPES[recipe]()
+    values = dict(values)
+    if values.pop("recipe", recipe) != recipe:
+        raise ValueError(f"values are a config of another recipe, not {recipe!r}")
+    set_fields(config, values, "")
+    config.check()
+    return config
+
+
+def to_yaml(config: RunConfig, path: str | Path | None = None) -> str:
+    """The resolved config as YAML headed by ``recipe:``; also written to ``path`` when given."""
+    text = yaml.safe_dump({"recipe": config.recipe, **to_dict(config)}, sort_keys=False,
+                          default_flow_style=None)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return text
