@@ -27,8 +27,8 @@ NOT_AVAILABLE = "not available yet in this version"
 
 
 def _run_collect(cfg: C.CollectRun) -> int:
-    """Collect Meta-World episodes into ``data.root``, then (re)write its meta.json (action ranges)."""
-    from .data import episodes, sim
+    """Collect Meta-World episodes into ``data.root`` (with its meta.json of action ranges)."""
+    from .data import sim
 
     d = cfg.data
     result = sim.collect(
@@ -45,9 +45,7 @@ def _run_collect(cfg: C.CollectRun) -> int:
         grades=d.grades,
         progress=cfg.progress,
     )
-    root = Path(d.root)
-    if any((root / "train").glob("*.npz")):
-        episodes.compute_action_ranges(root)
+    root = Path(d.root)  # sim.collect has written meta.json (the train split's action ranges)
     C.to_yaml(cfg, root / "collect_config.yaml")
     print(f"collected {result.get('collected', 0)} episodes (skipped {result.get('skipped', 0)} present) "
           f"into {root}")

@@ -12,7 +12,7 @@ import yaml
 
 from rlvr_world import cli
 from rlvr_world import config as C
-from rlvr_world.data import episodes, sim
+from rlvr_world.data import sim
 
 SHIPPED = Path(C.__file__).parent / "configs" / "collect_sim64.yaml"
 UNAVAILABLE = ["tokenizer", "pretrain", "grpo", "eval", "real2sim"]
@@ -28,13 +28,6 @@ def fake_collect(monkeypatch):
                 "success_by_grade": {"drawer-open": {"expert": (2, 2), "truncated": (0, 1)}}, "episodes": []}
 
     monkeypatch.setattr(sim, "collect", collect)
-    return calls
-
-
-@pytest.fixture
-def fake_ranges(monkeypatch):
-    calls = []
-    monkeypatch.setattr(episodes, "compute_action_ranges", lambda root, *a, **k: calls.append(Path(root)))
     return calls
 
 
@@ -106,10 +99,8 @@ def test_config_errors_exit_2_before_any_work(argv, words, capsys, fake_collect)
     assert not fake_collect
 
 
-def test_collect_calls_the_collector_with_the_config(tmp_path, capsys, fake_collect, fake_ranges):
+def test_collect_calls_the_collector_with_the_config(tmp_path, capsys, fake_collect):
     root = tmp_path / "data"
-    (root / "train").mkdir(parents=True)
-    (root / "train" / "drawer-open_00000.npz").write_bytes(b"")  # something for meta.json to be made from
     argv = ["collect", "--config", str(SHIPPED), f"data.root={root}", "data.episodes_per_task=5",
             "data.workers=1", "data.grades={expert: 1, truncated: 1}", "progress=false"]
     assert cli.main(argv) == 0
@@ -119,20 +110,18 @@ def test_collect_calls_the_collector_with_the_config(tmp_path, capsys, fake_coll
         "max_steps": 100, "frame_skip": 2, "split_fractions": [0.8, 0.1, 0.1], "seed": 0, "workers": 1,
         "camera": "corner3", "grades": {"expert": 1.0, "truncated": 1.0}, "progress": False,
     }
-    assert fake_ranges == [root]
     saved = root / "collect_config.yaml"  # the resolved config is kept beside the data
     assert C.load_config("collect", saved) == C.load_config("collect", SHIPPED, argv[3:])
     out = capsys.readouterr().out
     assert "collected 3 episodes" in out and "expert 2/2" in out
 
 
-def test_collect_preset_defaults(tmp_path, fake_collect, fake_ranges):
+def test_collect_preset_defaults(tmp_path, fake_collect):
     assert cli.main(["collect", "--preset", "collect-smoke", f"data.root={tmp_path}"]) == 0
     (call,) = fake_collect
     smoke = C.PRESETS["collect-smoke"]().data
     assert call["tasks"] == smoke.tasks and call["episodes_per_task"] == smoke.episodes_per_task
     assert call["image_size"] == smoke.image_size and call["grades"] is None
-    assert fake_ranges == []  # nothing was collected into train/: no meta.json to compute
 
 
 def test_runs_as_a_module():
