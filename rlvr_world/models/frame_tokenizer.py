@@ -39,17 +39,16 @@ D = len(levels) latent dims.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .fsq import FSQ, _check_levels
-from .hf_format import atomic_write
+from .hf_format import load_model_dir, save_model_dir
 
 __all__ = ["PRESETS", "FrameTokenizer", "FrameTokenizerArgs"]
 
@@ -315,20 +314,7 @@ class FrameTokenizer(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json (the args) + model.safetensors into ``path``, each atomically."""
-        from safetensors.torch import save_file
-
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path, "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        config = {"model_type": MODEL_TYPE, **asdict(self.args)}
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-        def write_config(tmp):
-            with open(tmp, "w") as f:
-                json.dump(config, f, indent=2, sort_keys=True)
-
-        atomic_write(path, "config.json", write_config)
+        save_model_dir(path, MODEL_TYPE, self.args, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -338,38 +324,7 @@ class FrameTokenizer(nn.Module):
         A missing directory or file raises FileNotFoundError naming the path; a config or weights that do not
         match raise a ValueError naming the field or tensor.
         """
-        from safetensors.torch import load_file
-
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"tokenizer directory not found: {path}")
-        config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for file in (config_file, weights_file):
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{os.path.basename(file)} not found: {file}")
-        with open(config_file) as f:
-            config = json.load(f)
-        model_type = config.pop("model_type", None)
-        if model_type != MODEL_TYPE:
-            raise ValueError(f"config model_type must be {MODEL_TYPE!r}, got {model_type!r} in {config_file}")
-        known = {f.name for f in fields(FrameTokenizerArgs)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"config field {unknown[0]!r} is not a FrameTokenizerArgs field "
-                             f"(expected a subset of {sorted(known)}), in {config_file}")
-        model = cls(FrameTokenizerArgs(**config))
-        state = load_file(weights_file)
-        expected = model.state_dict()
-        for name, param in expected.items():
-            if name not in state:
-                raise ValueError(f"checkpoint {weights_file} is missing tensor {name!r}")
-            if state[name].shape != param.shape:
-                raise ValueError(f"checkpoint tensor {name!r} must have shape {tuple(param.shape)} (from config.json), "
-                                 f"got {tuple(state[name].shape)}")
-        for name in state:
-            if name not in expected:
-                raise ValueError(f"checkpoint {weights_file} has an unexpected tensor {name!r} for this config")
-        model.load_state_dict(state)
+        model, state = load_model_dir(path, MODEL_TYPE, FrameTokenizerArgs, cls)
         if dtype is None:
             dtype = state["encoder.stem.weight"].dtype
         return model.to(device=device, dtype=dtype).eval()

@@ -157,3 +157,67 @@ def atomic_write(directory: str, name: str, write) -> None:
             os.remove(tmp)
         raise
 
+
+
+# ---------------------------------------------------------------------- our own model directories
+def save_model_dir(path: str | os.PathLike, model_type: str, args, state_dict: dict[str, torch.Tensor]) -> None:
+    """``path/config.json`` ({model_type, **dataclass args}, tuples as lists) + ``path/model.safetensors``,
+    each written atomically: the layout of our tokenizers' ``save_pretrained``."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    atomic_write(path, "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config = {"model_type": model_type, **asdict(args)}
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    def write_config(tmp):
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+    atomic_write(path, "config.json", write_config)
+
+
+def load_model_dir(path: str | os.PathLike, model_type: str, args_cls, build):
+    """Load a ``save_model_dir`` directory: ``build(args_cls(**config))`` with the weights copied in, checked.
+
+    A missing directory or file raises FileNotFoundError naming the path; a wrong ``model_type``, an unknown
+    config field, or a missing / unexpected / mis-shaped tensor raises a ValueError naming it.
+    """
+    from dataclasses import fields
+
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    for file in (config_file, weights_file):
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{os.path.basename(file)} not found: {file}")
+    with open(config_file) as f:
+        config = json.load(f)
+    found = config.pop("model_type", None)
+    if found != model_type:
+        raise ValueError(f"config model_type must be {model_type!r}, got {found!r} in {config_file}")
+    known = {f.name for f in fields(args_cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"config field {unknown[0]!r} is not a {args_cls.__name__} field "
+                         f"(expected a subset of {sorted(known)}), in {config_file}")
+    model = build(args_cls(**config))
+    state, expected = load_file(weights_file), model.state_dict()
+    for name, param in expected.items():
+        if name not in state:
+            raise ValueError(f"checkpoint {weights_file} is missing tensor {name!r}")
+        if state[name].shape != param.shape:
+            raise ValueError(f"checkpoint tensor {name!r} must have shape {tuple(param.shape)} (from config.json), "
+                             f"got {tuple(state[name].shape)}")
+    for name in state:
+        if name not in expected:
+            raise ValueError(f"checkpoint {weights_file} has an unexpected tensor {name!r} for this config")
+    model.load_state_dict(state)
+    return model, state
