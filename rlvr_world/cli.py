@@ -4,6 +4,7 @@ Every recipe is a subcommand taking the same config options (``rlvr_world.config
 
     rlvr-train collect --config rlvr_world/configs/collect_sim64.yaml data.workers=2
     rlvr-train collect --preset collect-smoke --print-config
+    rlvr-train tokenizer --config rlvr_world/configs/tokenizer_sim64.yaml
 
 ``--preset NAME`` starts from a named preset instead of the recipe's defaults, ``--config PATH`` sets
 values from a YAML file, positional ``key=value`` overrides come last, and ``--print-config`` prints the
@@ -55,8 +56,24 @@ def _run_collect(cfg: C.CollectRun) -> int:
     return 0
 
 
+def _run_tokenizer(cfg: C.TokenizerRun) -> int:
+    """Train the FSQ frame tokenizer; the trained model lands in ``train.out_dir``/tokenizer."""
+    from .train import tokenizer
+
+    try:
+        result = tokenizer.run(cfg)
+    except (FileNotFoundError, ValueError) as e:  # missing data / LPIPS weights, mismatched checkpoint
+        print(f"rlvr-train tokenizer: error: {e}", file=sys.stderr)
+        return 1
+    ev = result["eval"]
+    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; val psnr {ev['psnr']:.2f} ssim "
+          f"{ev['ssim']:.4f} mae {ev['mae']:.4f}, codebook usage {ev['codebook_usage']:.3f}, "
+          f"{ev['tokens_per_frame']} tokens/frame; tokenizer saved to {result['tokenizer_dir']}")
+    return 0
+
+
 # recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
-AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect}
+AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -175,6 +175,10 @@ class TokenizerConfig:
     name: str = "sim-64"  # one of rlvr_world.models.frame_tokenizer.PRESETS
     overrides: dict[str, Any] = field(default_factory=dict)  # FrameTokenizerArgs fields, e.g. {levels: [8, 5, 5, 5]}
     checkpoint: str | None = None  # trained tokenizer directory (save_pretrained layout) to load
+    # training (rlvr-train tokenizer): loss = L1 + lpips_weight * LPIPS-VGG; 0 drops the perceptual term
+    lpips_weight: float = 1.0
+    lpips_random_backbone: bool = False  # no ImageNet VGG weights: allow LPIPS's seeded random backbone (smoke runs)
+    color_jitter: float = 0.0  # brightness = contrast = saturation jitter of training frames; 0 disables
 
     def args(self):
         from .models.frame_tokenizer import FrameTokenizerArgs
@@ -182,6 +186,7 @@ class TokenizerConfig:
         return FrameTokenizerArgs.from_name(self.name, **self.overrides)
 
     def check(self, where: str = "tokenizer") -> None:
+        _non_negative(where, lpips_weight=self.lpips_weight, color_jitter=self.color_jitter)
         try:
             from .models import frame_tokenizer
         except ImportError:  # not in this build: nothing to check the name against
@@ -212,8 +217,10 @@ class TrainConfig:
     batch_size: int = 16  # samples per optimizer step per rank, before accumulation
     grad_accum: int = 1
     steps: int = 10_000
-    eval_every: int = 500  # 0: never
+    eval_every: int = 500  # 0: never (the end of the run still evaluates)
+    eval_batches: int = 8  # batches of batch_size held-out samples per evaluation
     checkpoint_every: int = 1000  # 0: only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept in out_dir/checkpoints; 0 keeps all
     log_every: int = 10
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU that has it, else fp32
     seed: int = 0
@@ -222,8 +229,9 @@ class TrainConfig:
 
     def check(self, where: str = "train") -> None:
         _positive(where, batch_size=self.batch_size, grad_accum=self.grad_accum, steps=self.steps,
-                  log_every=self.log_every)
+                  log_every=self.log_every, eval_batches=self.eval_batches)
         _non_negative(where, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                      keep_checkpoints=self.keep_checkpoints,
                       grad_clip=self.grad_clip, eval_every=self.eval_every,
                       checkpoint_every=self.checkpoint_every)
         if not self.lr > 0:
@@ -360,6 +368,7 @@ class TokenizerRun(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/tokenizer"))
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass

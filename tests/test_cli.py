@@ -1,4 +1,5 @@
 """rlvr-train (rlvr_world.cli): help, config errors, --print-config, unavailable recipes, the collect recipe.
+(The tokenizer recipe through the CLI: tests/train/test_tokenizer_recipe.py.)
 
 The collector is replaced by a fake that records its arguments: the real one is tested in tests/data.
 """
@@ -15,7 +16,8 @@ from rlvr_world import config as C
 from rlvr_world.data import sim
 
 SHIPPED = Path(C.__file__).parent / "configs" / "collect_sim64.yaml"
-UNAVAILABLE = ["tokenizer", "pretrain", "grpo", "eval", "real2sim"]
+AVAILABLE = ["collect", "tokenizer"]  # the tokenizer recipe's own tests are in tests/train
+UNAVAILABLE = ["pretrain", "grpo", "eval", "real2sim"]
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def test_help_lists_every_recipe(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    for recipe in ["collect", *UNAVAILABLE]:
+    for recipe in [*AVAILABLE, *UNAVAILABLE]:
         line = next(ln for ln in lines if ln.strip().startswith(recipe + " "))
         assert C.RECIPES[recipe].summary in line  # one line each
         assert ("not available yet" in line) == (recipe in UNAVAILABLE)

@@ -24,7 +24,9 @@ Choices (where this departs from the ``lpips`` package and the paper's reward co
   ``precision="auto"`` runs bf16 weights and channels_last convs (a cached cast copy; the fp32 weights
   stay the module's parameters); ``precision="fp32"`` keeps the exact path (IEEE fp32 convs on CUDA,
   not cuDNN's default TF32); on the CPU auto is fp32.
-* The module is a frozen metric: eval mode, no parameter requires grad, ``forward`` runs without grad.
+* The module is a frozen metric: eval mode, no parameter requires grad, ``forward`` (the reward) runs
+  without grad; ``perceptual_loss`` is the same value with autograd w.r.t. the prediction (the eager
+  head), the perceptual term of the tokenizers' training loss.
 """
 
 from __future__ import annotations
@@ -317,13 +319,25 @@ class LPIPS(nn.Module):
         ``check_nan=False`` skips the host sync of the NaN check (NaN frames then score NaN).
         """
         share = self._check(pred, target, group_size)
+        out = self._distance(pred, target, share, self.impl)
+        if check_nan:
+            _raise_on_nan(out, pred, target, share)
+        return out
+
+    def perceptual_loss(self, pred: torch.Tensor, target: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+        """LPIPS [B] differentiable w.r.t. ``pred``: the training loss of a tokenizer. Same value as ``forward``
+        (a reward, computed without autograd), here with autograd and the eager head (the fused head has
+        no backward)."""
+        return self._distance(pred, target, self._check(pred, target, group_size), "reference")
+
+    def _distance(self, pred: torch.Tensor, target: torch.Tensor, share: int, head_impl: str) -> torch.Tensor:
         b = pred.shape[0]
-        out = torch.empty(b, dtype=torch.float32, device=pred.device)  # [B]
         dtype = self._compute_dtype(pred.device)
         channels_last = pred.device.type == "cuda" and dtype != torch.float32
         backbone = self._backbone(dtype, channels_last)
         heads = [lin.model[1].weight.reshape(-1) for lin in self.lins]  # 5 x [C_k] fp32
         step = max(share, self.batch_size // share * share)
+        parts = []
         with _ieee_fp32_convs(pred.device.type == "cuda" and dtype == torch.float32):
             for start in range(0, b, step):
                 stop = min(b, start + step)
@@ -333,12 +347,10 @@ class LPIPS(nn.Module):
                 x = x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 n, total = stop - start, None
                 for feat, w in zip(self._stages(backbone, x), heads):
-                    d = lpips_head(feat[:n], feat[n:], w, group_size=share, impl=self.impl)  # [n]
+                    d = lpips_head(feat[:n], feat[n:], w, group_size=share, impl=head_impl)  # [n]
                     total = d if total is None else total + d
-                out[start:stop] = total
-        if check_nan:
-            _raise_on_nan(out, pred, target, share)
-        return out
+                parts.append(total.float())
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=pred.device)  # [B]
 
     def extra_repr(self) -> str:
         return f"net={self.net!r}, precision={self.precision!r}, batch_size={self.batch_size}, impl={self.impl!r}"

@@ -81,6 +81,17 @@ def test_micro_batches_whole_groups(alex):
     assert_close("micro-batched", small(pred, target, group_size=2), whole, rtol=1e-5, atol=1e-7)
 
 
+def test_perceptual_loss_is_the_metric_with_gradients(alex):
+    g = torch.Generator().manual_seed(5)
+    target = torch.rand(2, 3, 40, 40, generator=g)
+    pred = torch.rand(4, 3, 40, 40, generator=g).requires_grad_()
+    loss = alex.perceptual_loss(pred, target, group_size=2)  # [4]
+    assert_close("perceptual_loss vs forward", loss.detach(), alex(pred.detach(), target, group_size=2), rtol=1e-6)
+    loss.sum().backward()
+    assert pred.grad is not None and bool(pred.grad.abs().sum() > 0)
+    assert not alex(pred, target, group_size=2).requires_grad  # the reward stays out of autograd
+
+
 def test_uint8_is_float_over_255(alex):
     pred = (torch.rand(2, 3, H, W) * 256).clamp(max=255).to(torch.uint8)
     target = (torch.rand(2, 3, H, W) * 256).clamp(max=255).to(torch.uint8)
