@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -276,3 +277,20 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def _is_number(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def announce(device) -> dict[str, str]:
+    """Print the run's tags (device, torch, triton, git SHA, date) on stderr; return them."""
+    tags = env_tags(device)
+    print(f"# {tags['device']} | torch {tags['torch']} | triton {tags['triton']} | git {tags['git_sha']} | "
+          f"{tags['date']}", file=sys.stderr)
+    return tags
+
+
+def show_results(rows: list[dict], columns: list[str], device, title: str, csv_path) -> None:
+    """Print ``title`` and the table of the columns any row fills (``mem_mib`` 'n/a' off CUDA), then where the
+    CSV rows went."""
+    shown = [{**r, "mem_mib": r.get("mem_mib") if _device(device).type == "cuda" else "n/a"} for r in rows]
+    print(title)
+    print_table(shown, [c for c in columns if any(r.get(c) is not None for r in shown)])
+    print(f"rows appended to {csv_path}")

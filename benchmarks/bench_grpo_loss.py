@@ -391,9 +391,7 @@ def parse_args(argv=None):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
-    tags = _harness.env_tags(device)
-    print(f"# {tags['device']} | torch {tags['torch']} | triton {tags['triton']} | git {tags['git_sha']} | "
-          f"{tags['date']}", file=sys.stderr)
+    tags = _harness.announce(device)
     rows = []
     for set_name in args.shapes:
         for n, h, v in SHAPES[set_name]:
@@ -401,12 +399,9 @@ def main(argv=None) -> list[dict]:
                 case_rows = bench_case(set_name, n, h, v, dtype_name, args.impls, device, args)
                 _harness.write_rows(args.out, [{c: r.get(c) for c in CSV_COLUMNS} for r in case_rows], device=device)
                 rows += case_rows
-    shown = [{**r, "mem_mib": r.get("mem_mib") if device.type == "cuda" else "n/a"} for r in rows]
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in shown)]
-    print(f"GRPO loss forward + backward on {tags['device']} (torch {tags['torch']}, git {tags['git_sha']}); "
-          f"tflops = 6NHV / median")
-    _harness.print_table(shown, columns)
-    print(f"rows appended to {args.out}")
+    title = (f"GRPO loss forward + backward on {tags['device']} (torch {tags['torch']}, git {tags['git_sha']}); "
+             f"tflops = 6NHV / median")
+    _harness.show_results(rows, COLUMNS, device, title, args.out)
     return rows
 
 

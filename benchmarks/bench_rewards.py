@@ -686,9 +686,7 @@ def parse_args(argv=None):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
-    tags = _harness.env_tags(device)
-    print(f"# {tags['device']} | torch {tags['torch']} | triton {tags['triton']} | git {tags['git_sha']} | "
-          f"{tags['date']}", file=sys.stderr)
+    tags = _harness.announce(device)
     rows = []
     for set_name in args.shapes:
         for case in SHAPES[set_name]:
@@ -699,12 +697,9 @@ def main(argv=None) -> list[dict]:
                 case_rows = bench_case(set_name, case, dtype_name, metrics, args.impls, device, args)
                 _harness.write_rows(args.csv, [{c: r.get(c) for c in CSV_COLUMNS} for r in case_rows], device=device)
                 rows += case_rows
-    shown = [{**r, "mem_mib": r.get("mem_mib") if device.type == "cuda" else "n/a"} for r in rows]
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in shown)]
-    print(f"Video rewards of one RL step on {tags['device']} (torch {tags['torch']}, git {tags['git_sha']}); "
-          f"G = {args.group_size}, our LPIPS {lpips_precision(args, device)}")
-    _harness.print_table(shown, columns)
-    print(f"rows appended to {args.csv}")
+    title = (f"Video rewards of one RL step on {tags['device']} (torch {tags['torch']}, git {tags['git_sha']}); "
+             f"G = {args.group_size}, our LPIPS {lpips_precision(args, device)}")
+    _harness.show_results(rows, COLUMNS, device, title, args.csv)
     return rows
 
 

@@ -129,6 +129,21 @@ class DataConfig:
                 raise ValueError(f"{where}.grades weights must be >= 0 with a positive sum, got {self.grades!r}")
 
 
+def _check_preset(where: str, name: str, presets, args_cls, overrides: Mapping, build: Callable) -> None:
+    """A preset name plus field overrides of a model's args dataclass: known name, known fields, and args that
+    build (their own checks, reported under ``where``)."""
+    if name not in presets:
+        raise ValueError(f"{where}.name must be one of {sorted(presets)}, got {name!r}")
+    allowed = [f.name for f in dataclasses.fields(args_cls)]
+    for key in overrides:
+        if key not in allowed:
+            raise ValueError(unknown_key_message(f"{where}.overrides.{key}", key, allowed))
+    try:
+        build()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
 @dataclass
 class ModelConfig:
     """The world model: a ``rlvr_world.models.transformer`` preset name plus field overrides.
@@ -146,19 +161,9 @@ class ModelConfig:
         return ModelArgs.from_name(self.name, **self.overrides)
 
     def check(self, where: str = "model") -> None:
-        from .models.transformer import PRESETS as MODEL_PRESETS
-        from .models.transformer import ModelArgs
+        from .models.transformer import PRESETS, ModelArgs
 
-        if self.name not in MODEL_PRESETS:
-            raise ValueError(f"{where}.name must be one of {sorted(MODEL_PRESETS)}, got {self.name!r}")
-        allowed = [f.name for f in dataclasses.fields(ModelArgs)]
-        for key in self.overrides:
-            if key not in allowed:
-                raise ValueError(unknown_key_message(f"{where}.overrides.{key}", key, allowed))
-        try:
-            self.args()
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: {e}") from None
+        _check_preset(where, self.name, PRESETS, ModelArgs, self.overrides, self.args)
 
 
 @dataclass
@@ -187,20 +192,9 @@ class TokenizerConfig:
 
     def check(self, where: str = "tokenizer") -> None:
         _non_negative(where, lpips_weight=self.lpips_weight, color_jitter=self.color_jitter)
-        try:
-            from .models import frame_tokenizer
-        except ImportError:  # not in this build: nothing to check the name against
-            return
-        if self.name not in frame_tokenizer.PRESETS:
-            raise ValueError(f"{where}.name must be one of {sorted(frame_tokenizer.PRESETS)}, got {self.name!r}")
-        allowed = [f.name for f in dataclasses.fields(frame_tokenizer.FrameTokenizerArgs)]
-        for key in self.overrides:
-            if key not in allowed:
-                raise ValueError(unknown_key_message(f"{where}.overrides.{key}", key, allowed))
-        try:
-            self.args()
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: {e}") from None
+        from .models.frame_tokenizer import PRESETS, FrameTokenizerArgs
+
+        _check_preset(where, self.name, PRESETS, FrameTokenizerArgs, self.overrides, self.args)
 
 
 @dataclass
