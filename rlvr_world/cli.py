@@ -5,6 +5,7 @@ Every recipe is a subcommand taking the same config options (``rlvr_world.config
     rlvr-train collect --config rlvr_world/configs/collect_sim64.yaml data.workers=2
     rlvr-train collect --preset collect-smoke --print-config
     rlvr-train tokenizer --config rlvr_world/configs/tokenizer_sim64.yaml
+    rlvr-train pretrain --config rlvr_world/configs/pretrain_sim64.yaml tokenizer.checkpoint=runs/tokenizer_sim64/tokenizer
 
 ``--preset NAME`` starts from a named preset instead of the recipe's defaults, ``--config PATH`` sets
 values from a YAML file, positional ``key=value`` overrides come last, and ``--print-config`` prints the
@@ -72,8 +73,26 @@ def _run_tokenizer(cfg: C.TokenizerRun) -> int:
     return 0
 
 
+def _run_pretrain(cfg: C.PretrainRun) -> int:
+    """Pre-train the single-step world model; the trained model lands in ``train.out_dir``/model (HF layout)."""
+    from .train import pretrain
+
+    try:
+        result = pretrain.run(cfg)
+    except (FileNotFoundError, ValueError) as e:  # missing data / tokenizer, mismatched checkpoint or sizes
+        print(f"rlvr-train pretrain: error: {e}", file=sys.stderr)
+        return 1
+    ev = result["eval"]
+    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; val loss {ev['loss']:.4f} token acc "
+          f"{ev['token_acc']:.3f}; next frame psnr {ev['pred_psnr']:.2f} ssim {ev['pred_ssim']:.4f} mae "
+          f"{ev['pred_mae']:.4f} (copy baseline psnr {ev['copy_psnr']:.2f} ssim {ev['copy_ssim']:.4f} mae "
+          f"{ev['copy_mae']:.4f}); model saved to {result['model_dir']}")
+    return 0
+
+
 # recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
-AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer}
+AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer,
+                                                      "pretrain": _run_pretrain}
 
 
 def _build_parser() -> argparse.ArgumentParser:

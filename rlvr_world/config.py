@@ -374,6 +374,7 @@ class PretrainRun(RunConfig):
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass

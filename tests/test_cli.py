@@ -1,5 +1,5 @@
 """rlvr-train (rlvr_world.cli): help, config errors, --print-config, unavailable recipes, the collect recipe.
-(The tokenizer recipe through the CLI: tests/train/test_tokenizer_recipe.py.)
+(The tokenizer and pretrain recipes through the CLI: tests/train/test_{tokenizer,pretrain}_recipe.py.)
 
 The collector is replaced by a fake that records its arguments: the real one is tested in tests/data.
 """
@@ -16,8 +16,8 @@ from rlvr_world import config as C
 from rlvr_world.data import sim
 
 SHIPPED = Path(C.__file__).parent / "configs" / "collect_sim64.yaml"
-AVAILABLE = ["collect", "tokenizer"]  # the tokenizer recipe's own tests are in tests/train
-UNAVAILABLE = ["pretrain", "grpo", "eval", "real2sim"]
+AVAILABLE = ["collect", "tokenizer", "pretrain"]  # the tokenizer and pretrain recipes' own tests are in tests/train
+UNAVAILABLE = ["grpo", "eval", "real2sim"]
 
 
 @pytest.fixture

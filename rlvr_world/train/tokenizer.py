@@ -48,6 +48,7 @@ from rlvr_world.rewards.video import frame_metrics
 
 from . import checkpoint
 from .logging import MetricLogger
+from .schedule import autocast_dtype, lr_factor
 
 __all__ = ["FrameSampler", "run"]
 
@@ -122,26 +123,6 @@ class State:
     t_start: float = field(default_factory=time.perf_counter)
 
 
-def lr_factor(step: int, train: C.TrainConfig) -> float:
-    """LR multiplier at ``step``: linear warm-up over warmup_steps, then cosine to min_lr_ratio (or constant)."""
-    if step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
-    if train.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps))
-    return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if precision == "bf16":
-        raise ValueError(f"train.precision='bf16' needs a GPU with bf16 support; this run is on {device}")
-    return None
-
-
 def _build_lpips(tok: C.TokenizerConfig, device: torch.device):
     if tok.lpips_weight == 0:
         return None
@@ -170,7 +151,7 @@ def setup(cfg: C.TokenizerRun) -> State:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
                          f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = _autocast_dtype(tc.precision, device)
+    autocast = autocast_dtype(tc.precision, device)
     lpips = _build_lpips(tok, device)  # before any work: a missing weight file fails here
 
     train_ds, val_ds = EpisodeDataset(cfg.data.root, "train"), EpisodeDataset(cfg.data.root, "val")

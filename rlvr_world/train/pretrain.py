@@ -1,0 +1,467 @@
+"""``rlvr-train pretrain``: the single-step video world model, trained by next-token cross-entropy on the target
+frame's tokens (the paper's pre-training stage, before GRPO).
+
+The recipe is a short lifecycle (torchtune's): ``setup`` (frame tokenizer, token cache, layout, model,
+optimizer, LPIPS, resume) -> a loop of named stages (``batch`` -> ``train_step`` -> ``log`` -> ``evaluate`` ->
+``save_checkpoint``) -> ``finish`` (final eval, checkpoint, ``Transformer.save_pretrained(out_dir/"model")``
+in the HF layout + the resolved config + ``layout.json``).
+
+Choices:
+
+* **Sequences**: ``data.context_frames`` frames with their actions, BOS, the next frame, EOS
+  (``data.video_layout.SingleStepLayout``); ``tokens_per_frame`` and the codebook size come from the frame
+  tokenizer, the action dims from ``meta.json``, actions binned into 256 bins by
+  ``ActionTokenizer.from_meta(data.root)``. The model is ``ModelArgs.from_name(model.name,
+  vocab_size=layout.vocab_size, **model.overrides)`` (or ``model.init_from``, an HF-layout directory whose
+  vocabulary must match); its ``max_seq_len`` must cover prompt + response (a ValueError says so).
+* **Clips** come from ``ClipSampler`` with ``data.frame_skip`` as the stride between clip frames, **counted
+  in stored frames** (the collector's ``data.frame_skip`` counts env steps per stored frame: set 1 here to
+  predict the next stored frame, as the shipped config does).
+* **Frame tokens are cached**: ``tokenizer.checkpoint`` (required; a ``save_pretrained`` directory, or a
+  ``rlvr-train tokenizer`` run directory holding one in ``tokenizer/``) is loaded once and every frame of
+  the train and val splits is encoded once at setup, under no_grad, in batches (``ENCODE_BATCH``); the codes
+  stay in memory (int16, 64 tokens x 2 bytes per 64x64 frame). The tokenizer is deterministic, so this equals
+  encoding on the fly, and the training loop never touches pixels.
+* **Data order**: clip j of step s is item ``g = s * N + j`` of the sampler's stream (``N = batch_size *
+  grad_accum``): epoch ``g // len(sampler)`` (a seeded shuffle of the episodes, a uniform random start each,
+  ``clips_per_episode`` = ``CLIPS_PER_EPISODE``), position ``g % len(sampler)``. The batch depends only on
+  (train.seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+* **Loss**: the mean cross-entropy over the target positions (labels != -100: the next frame's codes and
+  EOS). Only those positions go through the LM head (the prompt's logits are never formed). AdamW, linear
+  warm-up + cosine/constant LR (``train.schedule``), grad-norm clipping, ``grad_accum`` micro-batches,
+  bf16 autocast on a GPU that supports it (``train.precision="auto"``), fp32 on the CPU.
+* **Eval** (every ``train.eval_every`` steps and at the end) on ``train.eval_batches * batch_size`` val
+  clips in a fixed order (episodes in name order, evenly spaced starts): teacher-forced ``loss`` and
+  ``token_acc`` over the target positions; then the next frame is **generated greedily** (argmax over the
+  frame codes only: action/BOS/EOS logits are masked, so every prediction decodes), with a static KV cache
+  (``new_cache`` + ``prefill`` + ``decode_step``), decoded by the tokenizer and scored against the true next
+  frame with ``rewards.video.frame_metrics`` (``pred_mae/mse/psnr/ssim``), next to the **copy baseline**
+  (``copy_*``: the last context frame's tokens decoded, so both go through the tokenizer) and the
+  tokenizer's own reconstruction of the true frame (``recon_*``: the ceiling of any token predictor).
+  ``pred_token_match`` / ``copy_token_match``: the share of the target's tokens each gets exactly right.
+  LPIPS (``*_lpips``) when ImageNet VGG16 LPIPS weights are available; otherwise the metrics carry
+  ``lpips: "skipped: ..."``. Eval runs in fp32 without autocast (greedy decoding is then deterministic).
+* **Resume** (``train.resume=true``) continues from ``checkpoint.latest(out_dir)`` (model, AdamW, schedule,
+  step, RNG): a run of 2 + 2 steps equals 4 steps bit for bit on the CPU. Without ``resume`` an out_dir
+  that already has checkpoints is an error. One process, one device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlvr_world import config as C
+from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset
+from rlvr_world.data.video_layout import IGNORE_INDEX, SingleStepLayout
+from rlvr_world.models.frame_tokenizer import FrameTokenizer
+from rlvr_world.models.transformer import ModelArgs, Transformer
+from rlvr_world.rewards.video import frame_metrics
+
+from . import checkpoint
+from .logging import MetricLogger
+from .schedule import autocast_dtype, lr_factor
+
+__all__ = ["ClipTokens", "generate_frame", "run"]
+
+ENCODE_BATCH = 64  # frames per tokenizer call while building the token cache
+CLIPS_PER_EPISODE = 4  # training clips per episode per sampler epoch (each with its own random start)
+ACTION_BINS = 256
+METRICS = ("mae", "mse", "psnr", "ssim")
+RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers")  # may change between run and resume
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _tokenizer_dir(path: str) -> Path:
+    """The save_pretrained directory: ``path`` itself, or ``path/tokenizer`` for a tokenizer run directory."""
+    p = Path(path)
+    if not (p / "config.json").is_file() and (p / "tokenizer" / "config.json").is_file():
+        return p / "tokenizer"
+    return p
+
+
+@torch.no_grad()
+def encode_episodes(dataset: EpisodeDataset, tokenizer: FrameTokenizer, device: torch.device,
+                    batch: int = ENCODE_BATCH) -> list[np.ndarray]:
+    """Every frame of every episode as tokens: one [T, F] int16 array per episode (F = h * w, row-major)."""
+    out = []
+    for i in range(len(dataset)):
+        image = torch.from_numpy(dataset[i]["image"]).permute(0, 3, 1, 2)                   # [T, 3, H, W] uint8
+        codes = [tokenizer.encode(chunk.to(device)).flatten(1).cpu() for chunk in image.split(batch)]
+        out.append(torch.cat(codes).numpy().astype(np.int16))
+    return out
+
+
+class ClipTokens:
+    """Clips of one split as token ids: ``(frame_tokens [N, n + 1, F] int64, action_bins [N, n, A] int64)``.
+
+    Wraps a ``ClipSampler`` over the split and the split's cached frame tokens and binned actions.
+    ``batch(step, n)``: training clips (see the module docstring); ``fixed(n)``: the first n clips of the
+    deterministic evaluation order, also returning their (episode, frame index) pairs.
+    """
+
+    def __init__(self, dataset: EpisodeDataset, tokens: list[np.ndarray], actions: list[np.ndarray],
+                 context_frames: int, frame_skip: int, seed: int = 0, random_start: bool = True,
+                 clips_per_episode: int = CLIPS_PER_EPISODE):
+        self.sampler = ClipSampler(dataset, context_frames, 1, frame_skip, seed=seed, random_start=random_start,
+                                   clips_per_episode=clips_per_episode)
+        self.tokens, self.actions, self.n = tokens, actions, context_frames
+        self._plans: dict[int, list[tuple[int, int]]] = {}
+
+    def _plan(self, epoch: int) -> list[tuple[int, int]]:
+        if epoch not in self._plans:
+            self.sampler.set_epoch(epoch)
+            self._plans = {epoch: self.sampler.plan(), **{e: p for e, p in self._plans.items() if e == epoch - 1}}
+        return self._plans[epoch]
+
+    def _gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, acts = [], []
+        for episode, start in pairs:
+            idx = start + self.sampler.frame_skip * np.arange(self.n + 1)
+            frames.append(self.tokens[episode][idx].astype(np.int64))
+            acts.append(self.actions[episode][idx[: self.n]])
+        return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(acts))
+
+    def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(self.sampler)
+        pairs = [self._plan(g // size)[g % size] for g in range(step * n, (step + 1) * n)]
+        return self._gather(pairs)
+
+    def fixed(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        pairs = self.sampler.plan()[:n]
+        frames, acts = self._gather(pairs)
+        targets = [(e, s + self.sampler.frame_skip * self.n) for e, s in pairs]
+        return frames, acts, targets
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def target_loss(model: Transformer, input_ids: torch.Tensor, labels: torch.Tensor):
+    """Mean CE over the positions with labels != -100 (HF shift: logits at t predict token t + 1).
+
+    Only the target positions go through the LM head. Returns (loss, n_correct, n_targets)."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX                                                  # [B, S - 1]
+    h = model.hidden_states(input_ids[:, :-1])                                      # [B, S - 1, H]
+    logits = model.output(h[mask]).float()                                          # [M, V]
+    y = targets[mask]
+    loss = F.cross_entropy(logits, y)
+    return loss, (logits.argmax(-1) == y).sum(), y.numel()
+
+
+@torch.no_grad()
+def generate_frame(model: Transformer, prompt: torch.Tensor, layout: SingleStepLayout) -> torch.Tensor:
+    """Greedy next-frame codes [B, F] for prompts [B, prompt_len], with a static KV cache.
+
+    Logits outside the frame codes [0, codebook_size) are masked, so every row decodes."""
+    B, P = prompt.shape
+    F_ = layout.tokens_per_frame
+    cache = model.new_cache(B, P + F_)
+    logits = model.prefill(prompt, cache)                                           # [B, V]
+    out = []
+    for i in range(F_):
+        token = logits[:, : layout.codebook_size].argmax(-1)                        # [B]
+        out.append(token)
+        if i + 1 < F_:
+            positions = torch.full((B,), P + i, dtype=torch.long, device=prompt.device)
+            logits = model.decode_step(token, positions, cache)
+    return torch.stack(out, dim=1)                                                  # [B, F]
+
+
+# ---------------------------------------------------------------------------------------------------- state
+@dataclass
+class EvalSet:
+    input_ids: torch.Tensor  # [N, S]
+    labels: torch.Tensor  # [N, S]
+    target_frames: torch.Tensor  # [N, 3, H, W] uint8: the true next frames
+    target_tokens: torch.Tensor  # [N, F]
+    baseline: dict  # copy_* / recon_* metrics (fixed: they do not depend on the model)
+
+
+@dataclass
+class State:
+    cfg: C.PretrainRun
+    out_dir: Path
+    device: torch.device
+    autocast: torch.dtype | None
+    tokenizer: FrameTokenizer
+    layout: SingleStepLayout
+    grid: tuple[int, int]
+    model: Transformer
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    clips: ClipTokens
+    val: EvalSet
+    lpips: Any  # models.lpips.LPIPS or None
+    lpips_note: str | None
+    logger: MetricLogger
+    step: int = 0
+    last_eval: dict = field(default_factory=dict)
+    last_train: dict = field(default_factory=dict)
+    last_saved: int = -1
+    t_start: float = field(default_factory=time.perf_counter)
+
+
+def _build_lpips(device: torch.device):
+    """(LPIPS-VGG, None) when its ImageNet weights are present, else (None, the reason it is skipped)."""
+    from rlvr_world.models.lpips import LPIPS
+
+    try:
+        return LPIPS(net="vgg").to(device), None
+    except FileNotFoundError:
+        return None, "skipped: no ImageNet VGG16 LPIPS weights on this machine"
+
+
+def _scores(s_lpips, pred: torch.Tensor, target: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    m = frame_metrics(pred, target, metrics=METRICS)
+    out = {f"{prefix}_{k}": v for k, v in m.items()}
+    if s_lpips is not None:
+        out[f"{prefix}_lpips"] = s_lpips(pred, target.float() / 255)
+    return out
+
+
+def _mean_scores(lpips, pairs, target_frames: torch.Tensor, batch: int) -> dict[str, float]:
+    """pairs: {prefix: decoded frames [N, 3, H, W]} -> mean metrics of each against the targets."""
+    sums: dict[str, float] = {}
+    for prefix, frames in pairs.items():
+        for pred, tgt in zip(frames.split(batch), target_frames.split(batch)):
+            for k, v in _scores(lpips, pred, tgt, prefix).items():
+                sums[k] = sums.get(k, 0.0) + v.sum().item()
+    return {k: v / len(target_frames) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def _decode(tokenizer: FrameTokenizer, tokens: torch.Tensor, grid: tuple[int, int], batch: int) -> torch.Tensor:
+    """tokens [N, F] -> frames [N, 3, H, W] fp32 in (0, 1)."""
+    return torch.cat([tokenizer.decode(t.view(-1, *grid)) for t in tokens.split(batch)])
+
+
+def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, grid, lpips, device) -> EvalSet:
+    tc, d = cfg.train, cfg.data
+    n = tc.eval_batches * tc.batch_size
+    probe = ClipSampler(val_ds, d.context_frames, 1, d.frame_skip, random_start=False)
+    per_episode = math.ceil(n / len(probe.usable))
+    clips = ClipTokens(val_ds, tokens, actions, d.context_frames, d.frame_skip, random_start=False,
+                       clips_per_episode=per_episode)
+    frames, acts, where = clips.fixed(n)
+    lb = layout.build(frames, acts)
+    images: dict[int, np.ndarray] = {}
+    target = []
+    for episode, t in where:
+        if episode not in images:
+            images[episode] = val_ds[episode]["image"]
+        target.append(images[episode][t])
+    target_frames = torch.from_numpy(np.stack(target)).permute(0, 3, 1, 2).contiguous().to(device)
+    frames = frames.to(device)
+    decoded = {"copy": _decode(tokenizer, frames[:, -2], grid, tc.batch_size),
+               "recon": _decode(tokenizer, frames[:, -1], grid, tc.batch_size)}
+    baseline = _mean_scores(lpips, decoded, target_frames, tc.batch_size)
+    baseline["copy_token_match"] = (frames[:, -2] == frames[:, -1]).float().mean().item()
+    return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, frames[:, -1], baseline)
+
+
+def setup(cfg: C.PretrainRun) -> State:
+    """Tokenizer + token cache, layout, model, optimizer + schedule, LPIPS, logger; restores the latest
+    checkpoint when resuming. Every config error is raised before any training work."""
+    tc, d = cfg.train, cfg.data
+    if not cfg.tokenizer.checkpoint:
+        raise ValueError("tokenizer.checkpoint is required: the trained frame tokenizer's save_pretrained directory "
+                         "(e.g. runs/tokenizer_sim64/tokenizer from `rlvr-train tokenizer`)")
+    if cfg.tokenizer.kind != "frame":
+        raise ValueError(f"tokenizer.kind={cfg.tokenizer.kind!r} is not supported by this recipe yet; "
+                         f"use tokenizer.kind=frame")
+    if d.future_frames != 1:
+        raise ValueError(f"data.future_frames must be 1 for single-step pre-training, got {d.future_frames}")
+    out_dir = Path(tc.out_dir)
+    if not tc.resume and checkpoint.latest(out_dir) is not None:
+        raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
+                         f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = autocast_dtype(tc.precision, device)
+
+    tokenizer = FrameTokenizer.from_pretrained(_tokenizer_dir(cfg.tokenizer.checkpoint), device=device)
+    tokenizer.float().eval().requires_grad_(False)
+    train_ds, val_ds = EpisodeDataset(d.root, "train"), EpisodeDataset(d.root, "val")
+    actions_tok = ActionTokenizer.from_meta(d.root, bins=ACTION_BINS)
+    size = train_ds.frame_size or tuple(train_ds[0]["image"].shape[1:3])
+    grid = tokenizer.token_grid(*size)  # frame size must suit the tokenizer: ValueError naming it
+    layout = SingleStepLayout(tokens_per_frame=grid[0] * grid[1], context_frames=d.context_frames,
+                              action_dims=actions_tok.dim, codebook_size=tokenizer.codebook_size,
+                              action_bins=ACTION_BINS, eos=True)
+    seq_len = layout.prompt_len + layout.response_len
+    model_args = _model_args(cfg.model, layout.vocab_size)
+    if model_args.max_seq_len < seq_len:
+        raise ValueError(f"model max_seq_len={model_args.max_seq_len} is shorter than the sequence "
+                         f"({layout.prompt_len} prompt + {layout.response_len} response = {seq_len} tokens); "
+                         f"set model.overrides.max_seq_len={seq_len} or fewer data.context_frames")
+    # a short clip span fails here (ClipSampler), before the cache is built
+    ClipSampler(train_ds, d.context_frames, 1, d.frame_skip)
+    ClipSampler(val_ds, d.context_frames, 1, d.frame_skip)
+    lpips, lpips_note = _build_lpips(device)
+
+    def actions_of(ds):
+        return [actions_tok.encode(ds[i]["action"]) for i in range(len(ds))]
+
+    train_clips = ClipTokens(train_ds, encode_episodes(train_ds, tokenizer, device), actions_of(train_ds),
+                             d.context_frames, d.frame_skip, seed=tc.seed)
+    val = _eval_set(cfg, val_ds, encode_episodes(val_ds, tokenizer, device), actions_of(val_ds), layout,
+                    tokenizer, grid, lpips, device)
+
+    torch.manual_seed(tc.seed)
+    if cfg.model.init_from:
+        model = Transformer.from_pretrained(cfg.model.init_from, dtype=torch.float32)
+        if model.args.vocab_size != layout.vocab_size or model.args.max_seq_len < seq_len:
+            raise ValueError(f"model.init_from {cfg.model.init_from} has vocab_size={model.args.vocab_size} and "
+                             f"max_seq_len={model.args.max_seq_len}; this data needs vocab_size={layout.vocab_size} "
+                             f"and max_seq_len >= {seq_len}")
+    else:
+        model = Transformer(model_args)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+
+    step = 0
+    latest = checkpoint.latest(out_dir) if tc.resume else None
+    if latest is not None:
+        step = checkpoint.load(latest, model, optimizer, scheduler, config=cfg, ignore=RESUME_IGNORE)["step"]
+    C.to_yaml(cfg, out_dir / "config.yaml")
+    logger = MetricLogger(out_dir, tc.steps, step, progress=cfg.progress, desc="pretrain")
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.write(f"world model {cfg.model.name}: {n_params / 1e6:.2f} M parameters, vocab {layout.vocab_size}, "
+                 f"{seq_len} tokens per sequence ({layout.prompt_len} prompt + {layout.response_len} response); "
+                 f"{len(train_clips.sampler)} train clips per epoch, {len(val.input_ids)} val clips")
+    if latest is not None:
+        logger.write(f"resumed from {latest} at step {step}")
+    return State(cfg, out_dir, device, autocast, tokenizer, layout, grid, model, optimizer, scheduler, train_clips,
+                 val, lpips, lpips_note, logger, step=step, last_saved=step if latest is not None else -1)
+
+
+def _model_args(mc: C.ModelConfig, vocab_size: int) -> ModelArgs:
+    given = mc.overrides.get("vocab_size")
+    if given is not None and given != vocab_size:
+        raise ValueError(f"model.overrides.vocab_size={given} does not match the layout's vocabulary "
+                         f"({vocab_size} = frame codes + {ACTION_BINS} action bins + BOS + EOS); leave it unset")
+    return ModelArgs.from_name(mc.name, **{**mc.overrides, "vocab_size": vocab_size})
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def batch(s: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's (input_ids, labels) [batch_size * grad_accum, S] on the device."""
+    tc = s.cfg.train
+    frames, acts = s.clips.batch(s.step, tc.batch_size * tc.grad_accum)
+    lb = s.layout.build(frames, acts)
+    return lb.input_ids.to(s.device, non_blocking=True), lb.labels.to(s.device, non_blocking=True)
+
+
+def train_step(s: State, data: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """One optimizer step over grad_accum micro-batches; returns detached diagnostics."""
+    tc = s.cfg.train
+    input_ids, labels = data
+    t0 = time.perf_counter()
+    s.model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for ids, lab in zip(input_ids.chunk(tc.grad_accum), labels.chunk(tc.grad_accum)):
+        with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
+            loss, n_correct, n = target_loss(s.model, ids, lab)
+        (loss / tc.grad_accum).backward()
+        loss_sum += loss.item() / tc.grad_accum
+        correct, total = correct + n_correct.item(), total + n
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    lr = s.scheduler.get_last_lr()[0]
+    s.scheduler.step()
+    dt = time.perf_counter() - t0
+    return {"loss": loss_sum, "token_acc": correct / total, "grad_norm": grad_norm.item(), "lr": lr,
+            "sec_per_step": dt, "tokens_per_sec": input_ids.numel() / dt}
+
+
+def log(s: State, metrics: dict) -> None:
+    s.last_train = metrics
+    if s.step % s.cfg.train.log_every == 0 or s.step == s.cfg.train.steps:
+        s.logger.log(s.step, metrics, kind="train")
+
+
+@torch.no_grad()
+def evaluate(s: State, force: bool = False) -> dict | None:
+    """Val CE / token accuracy and greedy next-frame quality vs the copy baseline (every eval_every steps)."""
+    every = s.cfg.train.eval_every
+    if not force and not (every and s.step % every == 0):
+        return None
+    s.model.eval()
+    bs, v = s.cfg.train.batch_size, s.val
+    loss_sum, correct, total, generated = 0.0, 0, 0, []
+    for ids, lab in zip(v.input_ids.split(bs), v.labels.split(bs)):
+        loss, n_correct, n = target_loss(s.model, ids, lab)
+        loss_sum, correct, total = loss_sum + loss.item() * n, correct + n_correct.item(), total + n
+        generated.append(generate_frame(s.model, ids[:, : s.layout.prompt_len], s.layout))
+    s.model.train()
+    pred_tokens = torch.cat(generated)                                              # [N, F]
+    pred = _decode(s.tokenizer, pred_tokens, s.grid, bs)
+    out = {"loss": loss_sum / total, "token_acc": correct / total,
+           **_mean_scores(s.lpips, {"pred": pred}, v.target_frames, bs),
+           "pred_token_match": (pred_tokens == v.target_tokens).float().mean().item(), **v.baseline,
+           "clips": len(v.input_ids)}
+    if s.lpips_note:
+        out["lpips"] = s.lpips_note
+    s.last_eval = {"step": s.step, **out}
+    s.logger.log(s.step, out, kind="eval")
+    s.logger.write(f"step {s.step}: val loss {out['loss']:.4f} acc {out['token_acc']:.3f} | next frame psnr "
+                   f"{out['pred_psnr']:.2f} ssim {out['pred_ssim']:.4f} mae {out['pred_mae']:.4f} | copy psnr "
+                   f"{out['copy_psnr']:.2f} ssim {out['copy_ssim']:.4f} mae {out['copy_mae']:.4f}")
+    return out
+
+
+def save_checkpoint(s: State, force: bool = False) -> Path | None:
+    every = s.cfg.train.checkpoint_every
+    if s.last_saved == s.step or not (force or (every and s.step % every == 0)):
+        return None
+    path = checkpoint.save(s.out_dir, s.step, s.model, s.optimizer, s.scheduler, config=s.cfg,
+                           sampler={"seed": s.cfg.train.seed, "step": s.step}, keep=s.cfg.train.keep_checkpoints)
+    s.last_saved = s.step
+    return path
+
+
+def finish(s: State) -> dict:
+    """Final eval, checkpoint, and the trained model (HF layout + the run's config.yaml + layout.json)."""
+    if s.last_eval.get("step") != s.step:
+        evaluate(s, force=True)
+    save_checkpoint(s, force=True)
+    model_dir = s.out_dir / "model"
+    s.model.save_pretrained(model_dir)
+    C.to_yaml(s.cfg, model_dir / "train_config.yaml")
+    lay = s.layout
+    (model_dir / "layout.json").write_text(json.dumps({
+        "layout": "single_step", "tokens_per_frame": lay.tokens_per_frame, "token_grid": list(s.grid),
+        "context_frames": lay.context_frames, "action_dims": lay.action_dims, "codebook_size": lay.codebook_size,
+        "action_bins": lay.action_bins, "eos": lay.eos, "bos_id": lay.bos_id, "eos_id": lay.eos_id,
+        "vocab_size": lay.vocab_size, "frame_skip": s.cfg.data.frame_skip,
+        "tokenizer": str(_tokenizer_dir(s.cfg.tokenizer.checkpoint))}, indent=2) + "\n")
+    return {"step": s.step, "out_dir": str(s.out_dir), "model_dir": str(model_dir),
+            "eval": {k: v for k, v in s.last_eval.items() if k != "step"}, "train": s.last_train,
+            "seconds": time.perf_counter() - s.t_start}
+
+
+# ---------------------------------------------------------------------------------------------------- recipe
+def run(cfg: C.PretrainRun) -> dict:
+    """Pre-train the world model described by ``cfg``; returns {step, out_dir, model_dir, eval, train, seconds}."""
+    s = setup(cfg)
+    try:
+        while s.step < cfg.train.steps:
+            data = batch(s)
+            metrics = train_step(s, data)
+            s.step += 1
+            s.logger.advance()
+            log(s, metrics)
+            evaluate(s)
+            save_checkpoint(s)
+        return finish(s)
+    finally:
+        s.logger.close()

@@ -1,0 +1,222 @@
+"""rlvr-train pretrain (rlvr_world.train.pretrain): smoke run, learning, exact resume, KV-cache generation, errors,
+CLI wiring.
+
+Data: tiny episodes of moving coloured squares (16x16, 2-dim actions, written with ``episodes.write_episode`` +
+``compute_action_ranges``); tokenizer: a ``tiny`` FrameTokenizer with 125 codes, random weights (0 training
+steps), saved with ``save_pretrained``: 4x4 = 16 tokens per frame.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rlvr_world import cli
+from rlvr_world import config as C
+from rlvr_world.data.episodes import compute_action_ranges, write_episode
+from rlvr_world.models.frame_tokenizer import FrameTokenizer
+from rlvr_world.models.transformer import Transformer
+from rlvr_world.train import checkpoint
+from rlvr_world.train import pretrain as recipe
+from rlvr_world.train.logging import read_metrics
+
+SHIPPED = Path(C.__file__).parent / "configs" / "pretrain_sim64.yaml"
+SIZE, T = 16, 10
+
+
+def _squares(rng):
+    image = np.zeros((T, SIZE, SIZE, 3), np.uint8)
+    image[:] = rng.integers(0, 60, size=3, dtype=np.uint8)
+    colour, (y, x), (dy, dx) = rng.integers(100, 256, size=3), rng.integers(0, SIZE - 4, 2), rng.integers(-1, 2, 2)
+    for t in range(T):
+        yy, xx = np.clip(y + t * dy, 0, SIZE - 4), np.clip(x + t * dx, 0, SIZE - 4)
+        image[t, yy:yy + 4, xx:xx + 4] = colour
+    action = np.tile(np.array([dy, dx], np.float32), (T, 1)) + rng.normal(0, 0.1, (T, 2)).astype(np.float32)
+    return image, action
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is far faster than two on a small, shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squares")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for k in range(n):
+            write_episode(root / split / f"ep_{k:03d}", *_squares(rng))
+    compute_action_ranges(root)
+    torch.manual_seed(0)
+    tok_dir = root / "tokenizer"
+    FrameTokenizer.from_name("tiny", levels=[5, 5, 5]).save_pretrained(tok_dir)
+    return root, tok_dir
+
+
+def _cfg(assets, out_dir, *overrides):
+    root, tok = assets
+    return C.load_config("pretrain", overrides=[
+        f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out_dir}", "data.context_frames=2",
+        "data.frame_skip=1", "model.name=vwm-tiny", "model.overrides={dim: 64, intermediate_size: 128}",
+        "train.batch_size=4", "train.steps=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2",
+        "train.eval_batches=1", "train.checkpoint_every=2", "train.log_every=1", "progress=false", *overrides])
+
+
+def _weights(path):
+    return Transformer.from_pretrained(path).state_dict()
+
+
+def test_smoke_run(assets, tmp_path):
+    cfg = _cfg(assets, tmp_path / "run", "train.steps=3", "train.grad_accum=2", "train.batch_size=2")
+    result = recipe.run(cfg)
+    out = tmp_path / "run"
+    assert result["step"] == 3 and result["model_dir"] == str(out / "model")
+    model = Transformer.from_pretrained(out / "model")
+    layout = json.loads((out / "model" / "layout.json").read_text())
+    assert layout["tokens_per_frame"] == 16 and layout["codebook_size"] == 125 and layout["context_frames"] == 2
+    assert model.args.vocab_size == 125 + 256 + 2 and model.args.dim == 64
+    assert C.load_config("pretrain", out / "model" / "train_config.yaml") == cfg
+    assert C.load_config("pretrain", out / "config.yaml") == cfg
+    train = read_metrics(out, "train")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(r["loss"] > 0 and 0 <= r["token_acc"] <= 1 for r in train)
+    evals = read_metrics(out, "eval")
+    assert [r["step"] for r in evals] == [2, 3]  # every 2 steps, and at the end
+    ev = evals[-1]
+    assert ev["clips"] == 2 and ev["loss"] > 0 and 0 <= ev["token_acc"] <= 1  # eval_batches * batch_size
+    for who in ("pred", "copy", "recon"):
+        assert 0 <= ev[f"{who}_mae"] < 1 and 0 < ev[f"{who}_psnr"] < 100 and -1 <= ev[f"{who}_ssim"] <= 1
+        assert ev[f"{who}_mse"] >= 0
+    assert 0 <= ev["pred_token_match"] <= 1 and 0 <= ev["copy_token_match"] <= 1
+    assert ev.get("lpips", "").startswith("skipped") or "pred_lpips" in ev  # LPIPS or why not
+    assert result["eval"]["pred_psnr"] == pytest.approx(ev["pred_psnr"])
+    assert checkpoint.latest(out).name == "step_0000003"
+
+
+def test_loss_falls_on_a_fixed_batch(assets, tmp_path):
+    s = recipe.setup(_cfg(assets, tmp_path / "run", "train.steps=30", "train.schedule=constant",
+                          "train.warmup_steps=0", "train.batch_size=8"))
+    try:
+        data = recipe.batch(s)
+        losses = [recipe.train_step(s, data)["loss"] for _ in range(30)]
+    finally:
+        s.logger.close()
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_generation_with_the_kv_cache_matches_the_full_forward(assets, tmp_path):
+    s = recipe.setup(_cfg(assets, tmp_path / "run"))
+    s.logger.close()
+    lay, model = s.layout, s.model.eval()
+    prompt = s.val.input_ids[:, : lay.prompt_len]
+    gen = recipe.generate_frame(model, prompt, lay)
+    assert gen.shape == (len(prompt), lay.tokens_per_frame) and int(gen.max()) < lay.codebook_size
+    ids = prompt
+    with torch.no_grad():  # the same greedy tokens, recomputed without a cache
+        for _ in range(lay.tokens_per_frame):
+            nxt = model(ids)[:, -1, : lay.codebook_size].argmax(-1)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+    assert torch.equal(ids[:, lay.prompt_len:], gen)
+
+
+def test_copy_baseline_uses_the_last_context_frame(assets, tmp_path):
+    s = recipe.setup(_cfg(assets, tmp_path / "run"))
+    s.logger.close()
+    lay, v = s.layout, s.val
+    f, a = lay.tokens_per_frame, lay.action_dims
+    last_ctx = v.input_ids[:, (lay.context_frames - 1) * (f + a):(lay.context_frames - 1) * (f + a) + f]
+    assert torch.equal(v.target_tokens, v.input_ids[:, lay.prompt_len:lay.prompt_len + f])
+    assert v.baseline["copy_token_match"] == pytest.approx((last_ctx == v.target_tokens).float().mean().item())
+
+
+def test_resume_is_bit_exact(assets, tmp_path, monkeypatch):
+    straight = recipe.run(_cfg(assets, tmp_path / "a"))
+    save = recipe.save_checkpoint
+
+    def save_then_die(s, force=False):
+        path = save(s, force)
+        if s.step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(_cfg(assets, tmp_path / "b"))
+    monkeypatch.setattr(recipe, "save_checkpoint", save)
+    assert checkpoint.latest(tmp_path / "b").name == "step_0000002"
+    resumed = recipe.run(_cfg(assets, tmp_path / "b", "train.resume=true"))
+    assert resumed["step"] == straight["step"] == 4
+    a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in read_metrics(tmp_path / "b", "train")] == [1, 2, 3, 4]
+    la, lb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert resumed["eval"]["pred_psnr"] == straight["eval"]["pred_psnr"]
+
+
+def test_run_errors(assets, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer.checkpoint is required"):
+        recipe.run(_cfg(assets, tmp_path / "x", "tokenizer.checkpoint=null"))
+    assert not (tmp_path / "x").exists()  # no work done
+    with pytest.raises(ValueError, match="max_seq_len=16 is shorter than the sequence"):
+        recipe.run(_cfg(assets, tmp_path / "y", "model.overrides.max_seq_len=16"))
+    with pytest.raises(ValueError, match="model.overrides.vocab_size=10 does not match"):
+        recipe.run(_cfg(assets, tmp_path / "y", "model.overrides.vocab_size=10"))
+    with pytest.raises(ValueError, match="data.future_frames must be 1"):
+        recipe.run(_cfg(assets, tmp_path / "y", "data.future_frames=2"))
+    with pytest.raises(FileNotFoundError):
+        recipe.run(_cfg(assets, tmp_path / "y", f"tokenizer.checkpoint={tmp_path / 'none'}"))
+    with pytest.raises(ValueError, match="at least 23 frames"):
+        recipe.run(_cfg(assets, tmp_path / "y", "data.frame_skip=11"))
+    assert not (tmp_path / "y").exists()
+    recipe.run(_cfg(assets, tmp_path / "a", "train.steps=2"))
+    with pytest.raises(ValueError, match="already has checkpoints: set train.resume=true"):
+        recipe.run(_cfg(assets, tmp_path / "a", "train.steps=2"))
+    with pytest.raises(ValueError, match="different config: model.overrides.dim"):
+        recipe.run(_cfg(assets, tmp_path / "a", "train.resume=true", "model.overrides.dim=32"))
+
+
+def test_a_tokenizer_run_directory_is_accepted(assets, tmp_path):
+    _, tok = assets
+    run_dir = tmp_path / "tok_run"
+    (run_dir / "tokenizer").mkdir(parents=True)
+    for f in tok.iterdir():
+        (run_dir / "tokenizer" / f.name).write_bytes(f.read_bytes())
+    result = recipe.run(_cfg(assets, tmp_path / "run", f"tokenizer.checkpoint={run_dir}", "train.steps=1"))
+    assert result["step"] == 1
+
+
+def test_shipped_config_is_headed_by_its_command():
+    first = SHIPPED.read_text().splitlines()[0]
+    assert first.startswith("# rlvr-train pretrain --config rlvr_world/configs/pretrain_sim64.yaml")
+    cfg = C.load_config("pretrain", SHIPPED)
+    assert cfg.model.name in ("vwm-tiny", "vwm-xs") and cfg.tokenizer.name == "sim-64"
+    assert cfg.data.root == C.load_config("collect", SHIPPED.parent / "collect_sim64.yaml").data.root
+    tok = C.load_config("tokenizer", SHIPPED.parent / "tokenizer_sim64.yaml")
+    assert cfg.tokenizer.checkpoint is None and tok.train.out_dir == "runs/tokenizer_sim64"
+
+
+def test_cli_trains_with_the_shipped_config(assets, tmp_path, capsys):
+    root, tok = assets
+    out = tmp_path / "run"
+    argv = ["pretrain", "--config", str(SHIPPED), f"data.root={root}", f"tokenizer.checkpoint={tok}",
+            f"train.out_dir={out}", "model.overrides={dim: 64, intermediate_size: 128}", "train.steps=2",
+            "train.batch_size=2", "train.eval_batches=1", "progress=false"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "trained 2 steps" in text and "copy baseline psnr" in text
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["recipe"] == "pretrain"
+    assert cli.main(argv) == 1  # out_dir has checkpoints and no resume: a clear error, not an overwrite
+    assert "train.resume=true" in capsys.readouterr().err
+    assert cli.main([a for a in argv if not a.startswith("tokenizer.checkpoint")] + [f"train.out_dir={tmp_path}/b"]) == 1
+    assert "tokenizer.checkpoint is required" in capsys.readouterr().err
