@@ -202,7 +202,7 @@ def test_shipped_config_is_headed_by_its_command():
     assert cfg.model.name in ("vwm-tiny", "vwm-xs") and cfg.tokenizer.name == "sim-64"
     assert cfg.data.root == C.load_config("collect", SHIPPED.parent / "collect_sim64.yaml").data.root
     tok = C.load_config("tokenizer", SHIPPED.parent / "tokenizer_sim64.yaml")
-    assert cfg.tokenizer.checkpoint is None and tok.train.out_dir == "runs/tokenizer_sim64"
+    assert cfg.tokenizer.checkpoint == tok.train.out_dir == "runs/tokenizer_sim64"  # the tokenizer run it reads
 
 
 def test_cli_trains_with_the_shipped_config(assets, tmp_path, capsys):
@@ -218,5 +218,8 @@ def test_cli_trains_with_the_shipped_config(assets, tmp_path, capsys):
     assert yaml.safe_load((out / "config.yaml").read_text())["recipe"] == "pretrain"
     assert cli.main(argv) == 1  # out_dir has checkpoints and no resume: a clear error, not an overwrite
     assert "train.resume=true" in capsys.readouterr().err
-    assert cli.main([a for a in argv if not a.startswith("tokenizer.checkpoint")] + [f"train.out_dir={tmp_path}/b"]) == 1
+    no_tok = [a for a in argv if not a.startswith("tokenizer.checkpoint")] + [f"train.out_dir={tmp_path}/b"]
+    assert cli.main(no_tok + ["tokenizer.checkpoint=null"]) == 1
     assert "tokenizer.checkpoint is required" in capsys.readouterr().err
+    assert cli.main(no_tok + [f"tokenizer.checkpoint={tmp_path}/missing"]) == 1
+    assert "not found" in capsys.readouterr().err
