@@ -2,8 +2,8 @@
 frame's tokens (the paper's pre-training stage, before GRPO).
 
 The recipe is a short lifecycle (torchtune's): ``setup`` (frame tokenizer, token cache, layout, model,
-optimizer, LPIPS, resume) -> a loop of named stages (``batch`` -> ``train_step`` -> ``log`` -> ``evaluate`` ->
-``save_checkpoint``) -> ``finish`` (final eval, checkpoint, ``Transformer.save_pretrained(out_dir/"model")``
+optimizer, LPIPS, resume) -> a loop of named stages (``batch`` -> ``train_step`` -> log -> ``evaluate`` ->
+``save_checkpoint``; ``train.loop``) -> ``finish`` (final eval, checkpoint, ``Transformer.save_pretrained(out_dir/"model")``
 in the HF layout + the resolved config + ``layout.json``).
 
 Choices:
@@ -66,7 +66,7 @@ from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import ModelArgs, Transformer
 from rlvr_world.rewards.video import frame_metrics
 
-from . import checkpoint
+from . import checkpoint, loop
 from .logging import MetricLogger
 from .schedule import autocast_dtype, lr_factor
 
@@ -383,17 +383,10 @@ def train_step(s: State, data: tuple[torch.Tensor, torch.Tensor]) -> dict:
             "sec_per_step": dt, "tokens_per_sec": input_ids.numel() / dt}
 
 
-def log(s: State, metrics: dict) -> None:
-    s.last_train = metrics
-    if s.step % s.cfg.train.log_every == 0 or s.step == s.cfg.train.steps:
-        s.logger.log(s.step, metrics, kind="train")
-
-
 @torch.no_grad()
 def evaluate(s: State, force: bool = False) -> dict | None:
     """Val CE / token accuracy and greedy next-frame quality vs the copy baseline (every eval_every steps)."""
-    every = s.cfg.train.eval_every
-    if not force and not (every and s.step % every == 0):
+    if not loop.due(s.step, s.cfg.train.eval_every, force):
         return None
     s.model.eval()
     bs, v = s.cfg.train.batch_size, s.val
@@ -420,13 +413,7 @@ def evaluate(s: State, force: bool = False) -> dict | None:
 
 
 def save_checkpoint(s: State, force: bool = False) -> Path | None:
-    every = s.cfg.train.checkpoint_every
-    if s.last_saved == s.step or not (force or (every and s.step % every == 0)):
-        return None
-    path = checkpoint.save(s.out_dir, s.step, s.model, s.optimizer, s.scheduler, config=s.cfg,
-                           sampler={"seed": s.cfg.train.seed, "step": s.step}, keep=s.cfg.train.keep_checkpoints)
-    s.last_saved = s.step
-    return path
+    return loop.save_checkpoint(s, s.cfg.train.seed, force)
 
 
 def finish(s: State) -> dict:
@@ -452,16 +439,4 @@ def finish(s: State) -> dict:
 # ---------------------------------------------------------------------------------------------------- recipe
 def run(cfg: C.PretrainRun) -> dict:
     """Pre-train the world model described by ``cfg``; returns {step, out_dir, model_dir, eval, train, seconds}."""
-    s = setup(cfg)
-    try:
-        while s.step < cfg.train.steps:
-            data = batch(s)
-            metrics = train_step(s, data)
-            s.step += 1
-            s.logger.advance()
-            log(s, metrics)
-            evaluate(s)
-            save_checkpoint(s)
-        return finish(s)
-    finally:
-        s.logger.close()
+    return loop.run_steps(setup(cfg), batch, train_step, evaluate, save_checkpoint, finish)

@@ -1,8 +1,8 @@
 """``rlvr-train tokenizer``: train the per-frame FSQ visual tokenizer on episode frames.
 
 The recipe is a short lifecycle (torchtune's): ``setup`` (data, model, optimizer, LPIPS, resume) -> a loop of
-named stages (``batch`` -> ``train_step`` -> ``log`` -> ``evaluate`` -> ``save_checkpoint``) -> ``finish``
-(final eval, checkpoint, ``FrameTokenizer.save_pretrained(out_dir/"tokenizer")`` + the resolved config).
+named stages (``batch`` -> ``train_step`` -> log -> ``evaluate`` -> ``save_checkpoint``; ``train.loop``) ->
+``finish`` (final eval, checkpoint, ``FrameTokenizer.save_pretrained(out_dir/"tokenizer")`` + the resolved config).
 
 Choices:
 
@@ -46,7 +46,7 @@ from rlvr_world.data.episodes import EpisodeDataset, color_jitter
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.rewards.video import frame_metrics
 
-from . import checkpoint
+from . import checkpoint, loop
 from .logging import MetricLogger
 from .schedule import autocast_dtype, lr_factor
 
@@ -214,17 +214,10 @@ def train_step(s: State, frames: torch.Tensor) -> dict:
     return {**totals, "grad_norm": grad_norm.item(), "lr": lr, "sec_per_step": dt, "frames_per_sec": len(frames) / dt}
 
 
-def log(s: State, metrics: dict) -> None:
-    s.last_train = metrics
-    if s.step % s.cfg.train.log_every == 0 or s.step == s.cfg.train.steps:
-        s.logger.log(s.step, metrics, kind="train")
-
-
 @torch.no_grad()
 def evaluate(s: State, force: bool = False) -> dict | None:
     """Reconstruction metrics on the held-out frames (every eval_every steps, or when forced)."""
-    every = s.cfg.train.eval_every
-    if not force and not (every and s.step % every == 0):
+    if not loop.due(s.step, s.cfg.train.eval_every, force):
         return None
     s.model.eval()
     sums: dict[str, float] = {}
@@ -253,13 +246,7 @@ def evaluate(s: State, force: bool = False) -> dict | None:
 
 
 def save_checkpoint(s: State, force: bool = False) -> Path | None:
-    every = s.cfg.train.checkpoint_every
-    if s.last_saved == s.step or not (force or (every and s.step % every == 0)):
-        return None
-    path = checkpoint.save(s.out_dir, s.step, s.model, s.optimizer, s.scheduler, config=s.cfg,
-                           sampler={"seed": s.sampler.seed, "step": s.step}, keep=s.cfg.train.keep_checkpoints)
-    s.last_saved = s.step
-    return path
+    return loop.save_checkpoint(s, s.sampler.seed, force)
 
 
 def finish(s: State) -> dict:
@@ -278,16 +265,4 @@ def finish(s: State) -> dict:
 # ---------------------------------------------------------------------------------------------------- recipe
 def run(cfg: C.TokenizerRun) -> dict:
     """Train the tokenizer described by ``cfg``; returns {step, out_dir, tokenizer_dir, eval, train, seconds}."""
-    s = setup(cfg)
-    try:
-        while s.step < cfg.train.steps:
-            frames = batch(s)
-            metrics = train_step(s, frames)
-            s.step += 1
-            s.logger.advance()
-            log(s, metrics)
-            evaluate(s)
-            save_checkpoint(s)
-        return finish(s)
-    finally:
-        s.logger.close()
+    return loop.run_steps(setup(cfg), batch, train_step, evaluate, save_checkpoint, finish)
