@@ -105,11 +105,13 @@ class DataConfig:
     grades: dict[str, float] | None = None  # {grade: weight}; None: sim.DEFAULT_GRADE_WEIGHTS
     context_frames: int = 4  # clip layout of the world model: frames given as the prompt ...
     future_frames: int = 1  # ... and frames predicted (1: single-step; the paper's multi-step uses 7)
+    clip_stride: int = 1  # stored frames between consecutive clip frames (collection's frame_skip is separate)
 
     def check(self, where: str = "data") -> None:
         _positive(where, episodes_per_task=self.episodes_per_task, image_size=self.image_size,
                   max_steps=self.max_steps, frame_skip=self.frame_skip, workers=self.workers,
-                  context_frames=self.context_frames, future_frames=self.future_frames)
+                  context_frames=self.context_frames, future_frames=self.future_frames,
+                  clip_stride=self.clip_stride)
         if not self.tasks:
             raise ValueError(f"{where}.tasks must name at least one task, got []")
         if self.frame_skip > self.max_steps:

@@ -11,10 +11,11 @@ from .episodes import (
     color_jitter,
     compute_action_ranges,
     read_meta,
+    stride_mean_actions,
     write_episode,
 )
 from .video_layout import LayoutBatch, MultiStepLayout, SingleStepLayout
 
 __all__ = ["ActionTokenizer", "Clip", "ClipSampler", "EpisodeDataset", "LayoutBatch", "MultiStepLayout",
            "SingleStepLayout", "collate_clips", "color_jitter", "compute_action_ranges", "episodes", "read_meta",
-           "video_layout", "write_episode"]
+           "stride_mean_actions", "video_layout", "write_episode"]

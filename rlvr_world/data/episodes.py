@@ -21,7 +21,9 @@ Decisions:
   ``frames[k] = image[start + k * frame_skip]`` and ``actions[k] = action[start + k * frame_skip]`` for every
   k, so ``actions`` has one row per clip frame: ``actions[k]`` is the action taken at frame k and leads to
   frame k+1; the last row's consequence lies outside the clip (layouts that need T - 1 actions drop it).
-  With ``frame_skip > 1`` the actions between two sampled frames are not summed: the first one is kept.
+  With ``frame_skip > 1`` the sampler keeps the first action of each stride; ``stride_mean_actions`` gives
+  the mean over the stride instead (the net commanded displacement per step, the collector's own convention),
+  for recipes that want every action between two sampled frames to count.
 * Evaluation order is deterministic: episodes in name order, ``clips_per_episode`` evenly spaced starts.
   Training order is a seeded shuffle per epoch with a uniform random start per clip.
 * Errors: missing files/folders raise FileNotFoundError naming the path; wrong arrays raise ValueError
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["META_FILE", "SPLITS", "ActionTokenizer", "Clip", "ClipSampler", "EpisodeDataset", "collate_clips",
+           "stride_mean_actions",
            "color_jitter", "compute_action_ranges", "read_meta", "write_episode", "write_meta"]
 
 META_FILE = "meta.json"
@@ -215,6 +218,24 @@ class EpisodeDataset:
 
 
 # ---------------------------------------------------------------------------------------------------- clips
+def stride_mean_actions(action: np.ndarray, stride: int) -> np.ndarray:
+    """``out[t] = mean(action[t : t + stride])`` (fewer rows at the end of the episode): [T, D] -> [T, D].
+
+    With clips taking every ``stride``-th frame, ``out[start + k * stride]`` is the mean of all the actions
+    that lead frame k to frame k + 1 of the clip. ``stride=1`` returns the actions unchanged."""
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    action = np.asarray(action)
+    if action.ndim != 2:
+        raise ValueError(f"action must be [T, D], got shape {action.shape}")
+    if stride == 1:
+        return action
+    csum = np.concatenate([np.zeros((1, action.shape[1])), np.cumsum(action, axis=0, dtype=np.float64)])
+    t = np.arange(action.shape[0])
+    end = np.minimum(t + stride, action.shape[0])
+    return ((csum[end] - csum[t]) / (end - t)[:, None]).astype(action.dtype)
+
+
 @dataclass
 class Clip:
     """frames [T, H, W, 3] uint8; actions [T, D] float32 (actions[k] taken at frames[k], leads to frames[k+1]);

@@ -14,9 +14,10 @@ Choices:
   ``ActionTokenizer.from_meta(data.root)``. The model is ``ModelArgs.from_name(model.name,
   vocab_size=layout.vocab_size, **model.overrides)`` (or ``model.init_from``, an HF-layout directory whose
   vocabulary must match); its ``max_seq_len`` must cover prompt + response (a ValueError says so).
-* **Clips** come from ``ClipSampler`` with ``data.frame_skip`` as the stride between clip frames, **counted
-  in stored frames** (the collector's ``data.frame_skip`` counts env steps per stored frame: set 1 here to
-  predict the next stored frame, as the shipped config does).
+* **Clips** come from ``ClipSampler`` with ``data.clip_stride`` as the stride between clip frames, counted
+  in stored frames (1, the default: predict the next stored frame). The collector's ``data.frame_skip``,
+  env steps per stored frame, is a different quantity and is not read here. With a stride above 1 each
+  clip action is the mean of the stored actions over the stride (``stride_mean_actions``), binned after.
 * **Frame tokens are cached**: ``tokenizer.checkpoint`` (required; a ``save_pretrained`` directory, or a
   ``rlvr-train tokenizer`` run directory holding one in ``tokenizer/``) is loaded once and every frame of
   the train and val splits is encoded once at setup, under no_grad, in batches (``ENCODE_BATCH``); the codes
@@ -60,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr_world import config as C
-from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset
+from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset, stride_mean_actions
 from rlvr_world.data.video_layout import IGNORE_INDEX, SingleStepLayout
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import ModelArgs, Transformer
@@ -246,9 +247,9 @@ def _decode(tokenizer: FrameTokenizer, tokens: torch.Tensor, grid: tuple[int, in
 def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, grid, lpips, device) -> EvalSet:
     tc, d = cfg.train, cfg.data
     n = tc.eval_batches * tc.batch_size
-    probe = ClipSampler(val_ds, d.context_frames, 1, d.frame_skip, random_start=False)
+    probe = ClipSampler(val_ds, d.context_frames, 1, d.clip_stride, random_start=False)
     per_episode = math.ceil(n / len(probe.usable))
-    clips = ClipTokens(val_ds, tokens, actions, d.context_frames, d.frame_skip, random_start=False,
+    clips = ClipTokens(val_ds, tokens, actions, d.context_frames, d.clip_stride, random_start=False,
                        clips_per_episode=per_episode)
     frames, acts, where = clips.fixed(n)
     lb = layout.build(frames, acts)
@@ -302,15 +303,15 @@ def setup(cfg: C.PretrainRun) -> State:
                          f"({layout.prompt_len} prompt + {layout.response_len} response = {seq_len} tokens); "
                          f"set model.overrides.max_seq_len={seq_len} or fewer data.context_frames")
     # a short clip span fails here (ClipSampler), before the cache is built
-    ClipSampler(train_ds, d.context_frames, 1, d.frame_skip)
-    ClipSampler(val_ds, d.context_frames, 1, d.frame_skip)
+    ClipSampler(train_ds, d.context_frames, 1, d.clip_stride)
+    ClipSampler(val_ds, d.context_frames, 1, d.clip_stride)
     lpips, lpips_note = _build_lpips(device)
 
     def actions_of(ds):
-        return [actions_tok.encode(ds[i]["action"]) for i in range(len(ds))]
+        return [actions_tok.encode(stride_mean_actions(ds[i]["action"], d.clip_stride)) for i in range(len(ds))]
 
     train_clips = ClipTokens(train_ds, encode_episodes(train_ds, tokenizer, device), actions_of(train_ds),
-                             d.context_frames, d.frame_skip, seed=tc.seed)
+                             d.context_frames, d.clip_stride, seed=tc.seed)
     val = _eval_set(cfg, val_ds, encode_episodes(val_ds, tokenizer, device), actions_of(val_ds), layout,
                     tokenizer, grid, lpips, device)
 
@@ -429,7 +430,7 @@ def finish(s: State) -> dict:
         "layout": "single_step", "tokens_per_frame": lay.tokens_per_frame, "token_grid": list(s.grid),
         "context_frames": lay.context_frames, "action_dims": lay.action_dims, "codebook_size": lay.codebook_size,
         "action_bins": lay.action_bins, "eos": lay.eos, "bos_id": lay.bos_id, "eos_id": lay.eos_id,
-        "vocab_size": lay.vocab_size, "frame_skip": s.cfg.data.frame_skip,
+        "vocab_size": lay.vocab_size, "clip_stride": s.cfg.data.clip_stride,
         "tokenizer": str(_tokenizer_dir(s.cfg.tokenizer.checkpoint))}, indent=2) + "\n")
     return {"step": s.step, "out_dir": str(s.out_dir), "model_dir": str(model_dir),
             "eval": {k: v for k, v in s.last_eval.items() if k != "step"}, "train": s.last_train,

@@ -12,6 +12,7 @@ from rlvr_world.data.episodes import (
     color_jitter,
     compute_action_ranges,
     read_meta,
+    stride_mean_actions,
     write_episode,
 )
 
@@ -122,6 +123,20 @@ def test_clip_alignment_with_frame_skip(root):
     assert sampler.clip(0, 5).extras["success"].tolist() == [False, False, True]
     with pytest.raises(ValueError, match=r"start must be in \[0, 5\]"):
         sampler.clip(0, 6)
+
+
+def test_stride_mean_actions():
+    action = np.array([[1, 0], [3, 2], [5, 4], [7, 6], [9, 8]], np.float32)  # [T=5, D=2]
+    np.testing.assert_array_equal(stride_mean_actions(action, 1), action)
+    out = stride_mean_actions(action, 2)
+    assert out.dtype == np.float32 and out.shape == (5, 2)
+    # row t: mean of rows t, t+1; the last row has only itself
+    np.testing.assert_allclose(out, [[2, 1], [4, 3], [6, 5], [8, 7], [9, 8]])
+    np.testing.assert_allclose(stride_mean_actions(action, 3)[[0, 3, 4]], [[3, 2], [8, 7], [9, 8]])
+    with pytest.raises(ValueError, match="stride must be a positive int, got 0"):
+        stride_mean_actions(action, 0)
+    with pytest.raises(ValueError, match=r"action must be \[T, D\], got shape \(5,\)"):
+        stride_mean_actions(action[:, 0], 2)
 
 
 def test_eval_order_is_deterministic_and_evenly_spaced(root):

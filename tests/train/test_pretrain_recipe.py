@@ -65,7 +65,7 @@ def _cfg(assets, out_dir, *overrides):
     root, tok = assets
     return C.load_config("pretrain", overrides=[
         f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out_dir}", "data.context_frames=2",
-        "data.frame_skip=1", "model.name=vwm-tiny", "model.overrides={dim: 64, intermediate_size: 128}",
+        "data.clip_stride=1", "model.name=vwm-tiny", "model.overrides={dim: 64, intermediate_size: 128}",
         "train.batch_size=4", "train.steps=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2",
         "train.eval_batches=1", "train.checkpoint_every=2", "train.log_every=1", "progress=false", *overrides])
 
@@ -176,7 +176,7 @@ def test_run_errors(assets, tmp_path):
     with pytest.raises(FileNotFoundError):
         recipe.run(_cfg(assets, tmp_path / "y", f"tokenizer.checkpoint={tmp_path / 'none'}"))
     with pytest.raises(ValueError, match="at least 23 frames"):
-        recipe.run(_cfg(assets, tmp_path / "y", "data.frame_skip=11"))
+        recipe.run(_cfg(assets, tmp_path / "y", "data.clip_stride=11"))
     assert not (tmp_path / "y").exists()
     recipe.run(_cfg(assets, tmp_path / "a", "train.steps=2"))
     with pytest.raises(ValueError, match="already has checkpoints: set train.resume=true"):
