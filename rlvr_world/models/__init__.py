@@ -4,19 +4,22 @@
 * ``frame_tokenizer``: the per-frame CNN FSQ tokenizer (``FrameTokenizer``, ``FrameTokenizerArgs``).
 * ``compressive_tokenizer``: context frames at full rate, future frames at a low rate with cross-attention
   to the context (``CompressiveTokenizer``, ``CompressiveTokenizerArgs``).
+* ``released_tokenizer``: RLVR-World's released RT-1 tokenizers (diffusers-style VAE blocks) in their file layout.
 * ``lpips``: VGG16 / AlexNet feature nets and the LPIPS v0.1 metric (``LPIPS``), a video reward.
 * ``transformer``: the LLaMA / Qwen2 decoder (``Transformer``, ``ModelArgs``) with HF weight interop.
 * ``kv_cache``: static KV caches (``KVCache``, per-group ``SharedPrefixKVCache``) and their eager attention.
 """
 
-from . import compressive_tokenizer, frame_tokenizer, fsq, kv_cache, lpips, transformer
+from . import compressive_tokenizer, frame_tokenizer, fsq, kv_cache, lpips, released_tokenizer, transformer
 from .compressive_tokenizer import CompressiveTokenizer, CompressiveTokenizerArgs
 from .frame_tokenizer import FrameTokenizer, FrameTokenizerArgs
 from .fsq import FSQ
 from .kv_cache import KVCache, SharedPrefixKVCache
 from .lpips import LPIPS
+from .released_tokenizer import ReleasedCompressiveTokenizer, ReleasedFrameTokenizer
 from .transformer import ModelArgs, Transformer
 
 __all__ = ["FSQ", "LPIPS", "CompressiveTokenizer", "CompressiveTokenizerArgs", "FrameTokenizer", "FrameTokenizerArgs",
-           "compressive_tokenizer", "frame_tokenizer", "KVCache", "ModelArgs", "SharedPrefixKVCache", "Transformer", "fsq", "kv_cache", "lpips",
+           "KVCache", "ModelArgs", "ReleasedCompressiveTokenizer", "ReleasedFrameTokenizer", "SharedPrefixKVCache",
+           "Transformer", "compressive_tokenizer", "frame_tokenizer", "fsq", "kv_cache", "lpips", "released_tokenizer",
            "transformer"]
