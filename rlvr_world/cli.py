@@ -58,7 +58,7 @@ def _run_collect(cfg: C.CollectRun) -> int:
 
 
 def _run_tokenizer(cfg: C.TokenizerRun) -> int:
-    """Train the FSQ frame tokenizer; the trained model lands in ``train.out_dir``/tokenizer."""
+    """Train the FSQ frame or compressive tokenizer; the trained model lands in ``train.out_dir``/tokenizer."""
     from .train import tokenizer
 
     try:
@@ -67,9 +67,14 @@ def _run_tokenizer(cfg: C.TokenizerRun) -> int:
         print(f"rlvr-train tokenizer: error: {e}", file=sys.stderr)
         return 1
     ev = result["eval"]
-    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; val psnr {ev['psnr']:.2f} ssim "
+    if "context_tokens_per_frame" in ev:  # compressive: unprefixed metrics are the future frames'
+        tokens = f"{ev['context_tokens_per_frame']} tokens per context frame, {ev['tokens_per_frame']} per future frame"
+        what = "val (future frames)"
+    else:
+        tokens, what = f"{ev['tokens_per_frame']} tokens/frame", "val"
+    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; {what} psnr {ev['psnr']:.2f} ssim "
           f"{ev['ssim']:.4f} mae {ev['mae']:.4f}, codebook usage {ev['codebook_usage']:.3f}, "
-          f"{ev['tokens_per_frame']} tokens/frame; tokenizer saved to {result['tokenizer_dir']}")
+          f"{tokens}; tokenizer saved to {result['tokenizer_dir']}")
     return 0
 
 

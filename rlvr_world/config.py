@@ -170,34 +170,65 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    """The visual tokenizer: frames -> FSQ token grids (``rlvr_world.models.frame_tokenizer``).
+    """The visual tokenizer: frames -> FSQ token grids, and how ``rlvr-train tokenizer`` trains it.
 
-    Like ``ModelConfig``: a ``FrameTokenizerArgs`` preset name plus field overrides (``args()``). ``sim-64``
-    turns 64x64 simulator frames into 8x8 tokens, ``rt1`` 256x320 RT-1 frames into 16x20 = 320 tokens (the
-    paper's); both use the paper's FSQ levels [7, 5, 5, 5, 5]. ``kind="compressive"`` (iVideoGPT's
-    context-conditioned tokenizer) is reserved for the recipe that builds it.
+    Like ``ModelConfig``: a preset name plus field overrides (``args()``). ``kind="frame"``: a
+    ``rlvr_world.models.frame_tokenizer`` preset (``FrameTokenizerArgs``); ``sim-64`` turns 64x64 simulator
+    frames into 8x8 tokens, ``rt1`` 256x320 RT-1 frames into 16x20 = 320 tokens (the paper's); both use the
+    paper's FSQ levels [7, 5, 5, 5, 5]. ``kind="compressive"``: a ``rlvr_world.models.compressive_tokenizer``
+    preset (``CompressiveTokenizerArgs``, iVideoGPT's context-conditioned tokenizer; ``sim-64``: 8x8 tokens
+    per context frame, 4x4 per future frame), trained on clips of ``data.context_frames`` +
+    ``data.future_frames`` frames, ``data.clip_stride`` apart.
     """
 
     kind: Literal["frame", "compressive"] = "frame"
-    name: str = "sim-64"  # one of rlvr_world.models.frame_tokenizer.PRESETS
-    overrides: dict[str, Any] = field(default_factory=dict)  # FrameTokenizerArgs fields, e.g. {levels: [8, 5, 5, 5]}
-    checkpoint: str | None = None  # trained tokenizer directory (save_pretrained layout) to load
+    name: str = "sim-64"  # a preset of frame_tokenizer.PRESETS (kind=frame) or compressive_tokenizer.PRESETS
+    overrides: dict[str, Any] = field(default_factory=dict)  # args fields of the kind, e.g. {levels: [8, 5, 5, 5]}
+    checkpoint: str | None = None  # trained tokenizer directory (save_pretrained layout of the kind) to load
     # training (rlvr-train tokenizer): loss = L1 + lpips_weight * LPIPS-VGG; 0 drops the perceptual term
     lpips_weight: float = 1.0
     lpips_random_backbone: bool = False  # no ImageNet VGG weights: allow LPIPS's seeded random backbone (smoke runs)
     color_jitter: float = 0.0  # brightness = contrast = saturation jitter of training frames; 0 disables
+    # adversarial term (VQ-GAN's PatchGAN + hinge loss, models.discriminator): + gan_weight x (adaptive weight)
+    # x -mean D(recon), from step gan_start_step on. 0 disables it (no discriminator is built). VQ-GAN: 0.8
+    gan_weight: float = 0.0
+    gan_start_step: int = 0  # optimizer steps of reconstruction-only training before the GAN terms start (>= 0)
+    adaptive_gan_weight: bool = True  # scale by ||grad L_rec|| / ||grad L_gan|| at the decoder's last layer
+    disc_layers: int = 3  # PatchGAN stride-2 conv layers (1..6); frames need a side >= 3 * 2**disc_layers
+    disc_channels: int = 64  # width of the discriminator's first layer (doubles per layer, at most 8x)
+    disc_lr: float = 1e-4  # discriminator AdamW LR (constant, no weight decay; > 0)
+    disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # discriminator AdamW betas (VQ-GAN's)
+    # EMA of the tokenizer's weights; 0 disables, else in [0, 1). When on, the EMA weights are what is
+    # evaluated and saved as out_dir/tokenizer (the checkpoints hold both the live and the EMA weights)
+    ema_decay: float = 0.0
+
+    def _args_cls(self):
+        if self.kind == "compressive":
+            from .models import compressive_tokenizer as module
+
+            return module.PRESETS, module.CompressiveTokenizerArgs
+        from .models import frame_tokenizer as module
+
+        return module.PRESETS, module.FrameTokenizerArgs
 
     def args(self):
-        from .models.frame_tokenizer import FrameTokenizerArgs
-
-        return FrameTokenizerArgs.from_name(self.name, **self.overrides)
+        """``FrameTokenizerArgs`` (kind=frame) or ``CompressiveTokenizerArgs`` (kind=compressive) of name + overrides."""
+        return self._args_cls()[1].from_name(self.name, **self.overrides)
 
     def check(self, where: str = "tokenizer") -> None:
-        _non_negative(where, lpips_weight=self.lpips_weight, color_jitter=self.color_jitter)
-        from .models.frame_tokenizer import PRESETS, FrameTokenizerArgs
-
-        _check_preset(where, self.name, PRESETS, FrameTokenizerArgs, self.overrides, self.args)
-
+        _non_negative(where, lpips_weight=self.lpips_weight, color_jitter=self.color_jitter,
+                      gan_weight=self.gan_weight, gan_start_step=self.gan_start_step, ema_decay=self.ema_decay)
+        _positive(where, disc_channels=self.disc_channels)
+        if not 1 <= self.disc_layers <= 6:
+            raise ValueError(f"{where}.disc_layers must be in [1, 6], got {self.disc_layers!r}")
+        if not self.disc_lr > 0:
+            raise ValueError(f"{where}.disc_lr must be > 0, got {self.disc_lr!r}")
+        if len(self.disc_betas) != 2 or not all(0 <= b < 1 for b in self.disc_betas):
+            raise ValueError(f"{where}.disc_betas must be 2 numbers in [0, 1), got {self.disc_betas!r}")
+        if not self.ema_decay < 1:
+            raise ValueError(f"{where}.ema_decay must be in [0, 1) (0 disables the EMA), got {self.ema_decay!r}")
+        presets, args_cls = self._args_cls()
+        _check_preset(where, self.name, presets, args_cls, self.overrides, self.args)
 
 @dataclass
 class TrainConfig:
