@@ -10,6 +10,8 @@ import Triton; its modules do, so they are imported only when a Triton path runs
 * ``frame_metrics``: per-frame squared / absolute error sums and SSIM of predicted frames against true
   frames shared by groups (a streaming pixel kernel, and a fused tiled SSIM kernel).
 * ``lpips_head``: one LPIPS stage (channel normalisation, weighted squared difference, spatial mean).
+* ``sample_tokens``: the fused sampler (temperature, top-k / top-p thresholds by bisection, Philox
+  Gumbel-max draw, log-prob of the draw), one program per row, chunked over the vocab when it is large.
 """
 
 import os

@@ -8,6 +8,7 @@ from ._library import cpp_available
 from .frame_metrics import FrameErrors, frame_metrics
 from .grpo_loss import GRPOStats, grpo_loss, grpo_loss_from_logits
 from .lpips_head import lpips_head
+from .sample_tokens import sample_tokens
 from .token_logprobs import token_logprobs
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "grpo_loss_from_logits",
     "lpips_head",
     "reference",
+    "sample_tokens",
     "token_logprobs",
 ]

@@ -111,3 +111,27 @@ def cpp_available(device: torch.device | str = "cpu") -> bool:
         return False
     key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
     return torch._C._dispatch_has_kernel_for_dispatch_key("rlvr_world::row_logprobs", key)
+
+
+# Sampler (DESIGN §5 "Sampling"; semantics and RNG in ops/sample_tokens.py):
+# ``sample_tokens(logits[B, V], offset[B] int64, seed, inv_temperature, top_k, top_p)
+#   -> (tokens[B] int64, logp[B] acc)``; ``seed`` is the 64-bit seed as a signed int64 bit pattern.
+_DEFS["sample_tokens"] = (
+    "sample_tokens(Tensor logits, Tensor offset, int seed, float inv_temperature, int top_k, float top_p) "
+    "-> (Tensor, Tensor)"
+)
+_lib.define(_DEFS["sample_tokens"])
+
+
+@torch.library.register_fake("rlvr_world::sample_tokens")
+def _sample_tokens_fake(logits, offset, seed, inv_temperature, top_k, top_p):
+    tokens = logits.new_empty(logits.shape[:1], dtype=torch.int64)
+    return tokens, logits.new_empty(logits.shape[:1], dtype=acc_dtype(logits.dtype))
+
+
+def has_kernel(op: str, device: torch.device | str) -> bool:
+    """True when the compiled op ``rlvr_world::<op>`` has a kernel for ``device``'s dispatch key."""
+    if EXTENSION_PATH is None:
+        return False
+    key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"rlvr_world::{op}", key)

@@ -35,6 +35,10 @@ __all__ = [
     "logprobs_from_logits",
     "lpips_head",
     "masked_stats",
+    "philox4x32",
+    "sample_tokens",
+    "sample_uniforms",
+    "sampling_mask",
     "token_logprobs",
 ]
 
@@ -265,3 +269,109 @@ def lpips_head(feat_pred: torch.Tensor, feat_target: torch.Tensor, weight: torch
     y = y / (y.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
     d = ((x - y).square() * weight.to(acc).view(1, -1, 1, 1)).sum(1)  # [B, H, W]
     return d.flatten(1).mean(1)  # [B]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling (DESIGN §5 "Sampling"; ops/sample_tokens.py documents the RNG and the decisions)
+
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # Philox-4x32 round multipliers
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # Philox-4x32 key increments (Weyl sequence)
+SAMPLE_STREAM = 0x736D706C  # counter word c3 of every sampler draw ("smpl"): a stream of its own
+_U32 = 0xFFFFFFFF
+
+
+def _mulhilo32(m: int, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product m * a, for uint32 values held in int64 (no overflow:
+    a is split into 16-bit halves so every partial product stays below 2^49)."""
+    p_lo = m * (a & 0xFFFF)  # < 2^48
+    p_hi = m * (a >> 16)  # < 2^48
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _U32
+    return hi, lo
+
+
+def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[int, int], rounds: int = 10) -> tuple[torch.Tensor, ...]:
+    """Philox-4x32-10 (Salmon et al., SC'11; Random123, curand, Triton's ``tl.philox``) on int64 tensors
+    holding uint32 values. counter: 4 broadcastable tensors; key: two uint32 ints. Returns 4 tensors."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _U32 for c in counter)
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    k0, k1 = key[0] & _U32, key[1] & _U32
+    for _ in range(rounds):
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_W0) & _U32, (k1 + PHILOX_W1) & _U32
+    return c0, c1, c2, c3
+
+
+def sample_uniforms(seed: int, offset: torch.Tensor, vocab: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The uniforms of the sampler's Gumbel noise: [B, V] in (0, 1), u = (2 * (r >> 9) + 1) / 2^24 with
+    r = word 0 of Philox-4x32-10(counter = (v, offset[b] low 32 bits, offset[b] high 32 bits, SAMPLE_STREAM),
+    key = (seed low 32 bits, seed high 32 bits)). Exact in fp32 and fp64; the row index b never enters."""
+    seed = int(seed) % 2**64
+    off = offset.to(torch.int64).cpu()[:, None]  # [B, 1]
+    v = torch.arange(vocab, dtype=torch.int64)[None, :]  # [1, V]
+    r = philox4x32((v, off & _U32, (off >> 32) & _U32, SAMPLE_STREAM), (seed & _U32, seed >> 32))[0]  # [B, V]
+    return ((r >> 9) * 2 + 1).to(dtype) * 2.0**-24
+
+
+def _as_offsets(offset, batch: int, device) -> torch.Tensor:
+    if isinstance(offset, torch.Tensor):
+        return offset.to(device=device, dtype=torch.int64).reshape(batch)
+    return torch.full((batch,), int(offset), dtype=torch.int64, device=device)
+
+
+def sampling_mask(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The tokens top-k / top-p keep (DESIGN §5), as bool [B, V], by sorting (the brute-force definition).
+
+    Let x = logits (in the accumulation dtype), e = exp(x * (1 / T) - max): top-k keeps x >= the k-th
+    largest x (ties kept); top-p keeps token v when the top-k mass of the tokens *strictly* more probable
+    than v is < p * (top-k mass), i.e. the smallest most-probable set reaching p, the crossing token and
+    its ties kept. Both sets are thresholds on x, so the kept set is {x >= tau}. T = 0: the argmax only.
+    This is the mask the trainer's recomputation applies (``logprobs_from_logits`` on masked logits).
+    """
+    x = logits.to(_acc_dtype(logits.dtype))  # [B, V]
+    if temperature == 0:
+        return torch.nn.functional.one_hot(x.argmax(-1), x.shape[1]).bool()
+    keep = torch.ones_like(x, dtype=torch.bool)
+    if 0 < top_k < x.shape[1]:
+        keep = x >= x.topk(top_k, dim=-1).values[:, -1:]  # [B, V]
+    if top_p < 1.0:
+        inv_t = torch.tensor(1.0 / temperature, dtype=x.dtype)
+        s = x * inv_t
+        e = torch.where(keep, torch.exp(s - s.max(-1, keepdim=True).values), 0.0)  # [B, V]
+        z = e.sum(-1, keepdim=True)  # [B, 1]
+        xs, order = torch.where(keep, x, float("-inf")).sort(dim=-1, descending=True, stable=True)  # [B, V]
+        es = e.gather(-1, order)
+        before = es.cumsum(-1) - es  # mass of the tokens sorted before each one
+        first = torch.searchsorted(-xs, -xs, right=False)  # first sorted position of each value's tie group
+        above = before.gather(-1, first)  # mass strictly more probable
+        keep_sorted = (above < top_p * z) & keep.gather(-1, order)
+        keep = torch.zeros_like(keep).scatter(-1, order, keep_sorted)
+    return keep
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+    offset: int | torch.Tensor = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max sampling from softmax(logits / T) truncated by top-k then top-p (DESIGN §5).
+
+    logits [B, V]; offset int or [B] integer (row b draws from the stream (seed, offset[b])). Returns
+    (tokens [B] int64, logp [B] fp32 (fp64 for fp64 logits)), logp = log of the truncated, renormalised
+    probability of the token. Token = argmax over kept v of x_v * (1 / T) + g_v, g = -log(-log(u)) with u
+    from ``sample_uniforms`` (first index on ties). T = 0: greedy argmax (first index), logp = 0.
+    """
+    acc = _acc_dtype(logits.dtype)
+    x = logits.to(acc)  # [B, V]
+    B, V = x.shape
+    if temperature == 0:
+        return x.argmax(-1), torch.zeros(B, dtype=acc, device=x.device)
+    keep = sampling_mask(logits, temperature, top_k, top_p)  # [B, V]
+    s = x * torch.tensor(1.0 / temperature, dtype=acc)  # [B, V] tempered logits
+    u = sample_uniforms(seed, _as_offsets(offset, B, "cpu"), V, acc).to(x.device)  # [B, V]
+    score = torch.where(keep, s + -torch.log(-torch.log(u)), float("-inf"))  # [B, V]
+    tokens = score.argmax(-1)  # [B]
+    masked = torch.where(keep, s, float("-inf"))
+    logp = torch.log_softmax(masked, -1).gather(-1, tokens[:, None])[:, 0]  # [B]
+    return tokens, logp
