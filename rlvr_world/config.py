@@ -253,8 +253,13 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"  # checkpoints, the resolved config.yaml and logs
     resume: bool = False  # continue from the latest checkpoint in out_dir
+    # world-model pre-training only: probability that each target-frame token *fed as input* is replaced by a
+    # random frame code (labels unchanged), so the model learns to continue past its own mistakes; 0 disables
+    token_noise: float = 0.0
 
     def check(self, where: str = "train") -> None:
+        if not 0.0 <= self.token_noise < 1.0:
+            raise ValueError(f"{where}.token_noise must be in [0, 1), got {self.token_noise!r}")
         _positive(where, batch_size=self.batch_size, grad_accum=self.grad_accum, steps=self.steps,
                   log_every=self.log_every, eval_batches=self.eval_batches)
         _non_negative(where, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,

@@ -154,6 +154,7 @@ def test_enumerated_fields_list_the_allowed_values(override, allowed):
     ("train.lr=0", "train.lr must be > 0"),
     ("data.frame_skip=200", "data.frame_skip must be <= data.max_steps=100"),
     ("data.clip_stride=0", "data.clip_stride must be >= 1"),
+    ("train.token_noise=1", r"train.token_noise must be in \[0, 1\)"),
     ("data.split_fractions=[1, 0]", "data.split_fractions must be 3"),
     ("data.grades={best: 1}", r"unknown grade\(s\) \['best'\]"),
     ("model.name=gpt9", "model.name must be one of"),

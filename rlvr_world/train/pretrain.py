@@ -31,6 +31,10 @@ Choices:
   EOS). Only those positions go through the LM head (the prompt's logits are never formed). AdamW, linear
   warm-up + cosine/constant LR (``train.schedule``), grad-norm clipping, ``grad_accum`` micro-batches,
   bf16 autocast on a GPU that supports it (``train.precision="auto"``), fp32 on the CPU.
+* **Token noise** (``train.token_noise``, default 0): each target-frame code fed as *input* is replaced by a
+  uniform random code with that probability (``corrupt_targets``; labels stay true; seeded by (seed, step)).
+  Greedy generation conditions on its own earlier tokens, and a model that has only seen true prefixes can
+  let one wrong token spread over the rest of the frame; the noise teaches it to continue past them.
 * **Eval** (every ``train.eval_every`` steps and at the end) on ``train.eval_batches * batch_size`` val
   clips in a fixed order (episodes in name order, evenly spaced starts): teacher-forced ``loss`` and
   ``token_acc`` over the target positions; then the next frame is **generated greedily** (argmax over the
@@ -52,6 +56,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,7 @@ ENCODE_BATCH = 64  # frames per tokenizer call while building the token cache
 CLIPS_PER_EPISODE = 4  # training clips per episode per sampler epoch (each with its own random start)
 ACTION_BINS = 256
 METRICS = ("mae", "mse", "psnr", "ssim")
+TOKEN_NOISE_STREAM = 0x6E6F6973  # "nois": keeps the token-noise draws apart from other (seed, step) streams
 RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers")  # may change between run and resume
 
 
@@ -353,12 +359,27 @@ def _model_args(mc: C.ModelConfig, vocab_size: int) -> ModelArgs:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
+def corrupt_targets(input_ids: torch.Tensor, labels: torch.Tensor, codebook_size: int, p: float,
+                    seed: Sequence[int]) -> torch.Tensor:
+    """A copy of input_ids [B, S] where each target frame code (labels in [0, codebook_size)) is replaced,
+    with probability p, by a uniform random code; labels stay true. The draw is seeded by ``seed``."""
+    if p == 0:
+        return input_ids
+    rng = np.random.default_rng(list(seed))
+    target = (labels != IGNORE_INDEX) & (labels < codebook_size)                    # [B, S]
+    hit = torch.from_numpy(rng.random(input_ids.shape) < p) & target
+    noise = torch.from_numpy(rng.integers(0, codebook_size, input_ids.shape))
+    return torch.where(hit, noise, input_ids)
+
+
 def batch(s: State) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's (input_ids, labels) [batch_size * grad_accum, S] on the device."""
     tc = s.cfg.train
     frames, acts = s.clips.batch(s.step, tc.batch_size * tc.grad_accum)
     lb = s.layout.build(frames, acts)
-    return lb.input_ids.to(s.device, non_blocking=True), lb.labels.to(s.device, non_blocking=True)
+    ids = corrupt_targets(lb.input_ids, lb.labels, s.layout.codebook_size, tc.token_noise,
+                          (tc.seed, s.step, TOKEN_NOISE_STREAM))
+    return ids.to(s.device, non_blocking=True), lb.labels.to(s.device, non_blocking=True)
 
 
 def train_step(s: State, data: tuple[torch.Tensor, torch.Tensor]) -> dict:

@@ -258,6 +258,9 @@ def setup(cfg: C.TokenizerRun) -> State:
     """Data, model, optimizer + schedule, LPIPS, discriminator, EMA, logger; restores the latest checkpoint."""
     tc, tok, d = cfg.train, cfg.tokenizer, cfg.data
     out_dir = Path(tc.out_dir)
+    if tc.token_noise:
+        raise ValueError(f"train.token_noise applies to world-model pre-training only; the tokenizer sees pixels "
+                         f"(use tokenizer.color_jitter), got train.token_noise={tc.token_noise}")
     if not tc.resume and checkpoint.latest(out_dir) is not None:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
                          f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")

@@ -137,8 +137,9 @@ def test_copy_baseline_uses_the_last_context_frame(assets, tmp_path):
     assert v.baseline["copy_token_match"] == pytest.approx((last_ctx == v.target_tokens).float().mean().item())
 
 
-def test_resume_is_bit_exact(assets, tmp_path, monkeypatch):
-    straight = recipe.run(_cfg(assets, tmp_path / "a"))
+@pytest.mark.parametrize("noise", ["train.token_noise=0", "train.token_noise=0.2"])
+def test_resume_is_bit_exact(assets, tmp_path, monkeypatch, noise):
+    straight = recipe.run(_cfg(assets, tmp_path / "a", noise))
     save = recipe.save_checkpoint
 
     def save_then_die(s, force=False):
@@ -149,10 +150,10 @@ def test_resume_is_bit_exact(assets, tmp_path, monkeypatch):
 
     monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        recipe.run(_cfg(assets, tmp_path / "b"))
+        recipe.run(_cfg(assets, tmp_path / "b", noise))
     monkeypatch.setattr(recipe, "save_checkpoint", save)
     assert checkpoint.latest(tmp_path / "b").name == "step_0000002"
-    resumed = recipe.run(_cfg(assets, tmp_path / "b", "train.resume=true"))
+    resumed = recipe.run(_cfg(assets, tmp_path / "b", noise, "train.resume=true"))
     assert resumed["step"] == straight["step"] == 4
     a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
     for k in a:
@@ -161,6 +162,24 @@ def test_resume_is_bit_exact(assets, tmp_path, monkeypatch):
     la, lb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
     assert resumed["eval"]["pred_psnr"] == straight["eval"]["pred_psnr"]
+
+
+def test_token_noise_corrupts_only_target_frame_inputs():
+    layout = recipe.SingleStepLayout(tokens_per_frame=16, context_frames=2, action_dims=3, codebook_size=50,
+                                     action_bins=8, eos=True)
+    g = torch.Generator().manual_seed(0)
+    lb = layout.build(torch.randint(0, 50, (64, 3, 16), generator=g), torch.randint(0, 8, (64, 2, 3), generator=g))
+    assert recipe.corrupt_targets(lb.input_ids, lb.labels, 50, 0.0, (0, 1)) is lb.input_ids
+    noisy = recipe.corrupt_targets(lb.input_ids, lb.labels, 50, 0.3, (0, 1))
+    assert torch.equal(noisy, recipe.corrupt_targets(lb.input_ids, lb.labels, 50, 0.3, (0, 1)))  # seeded
+    assert not torch.equal(noisy, recipe.corrupt_targets(lb.input_ids, lb.labels, 50, 0.3, (0, 2)))
+    changed = noisy != lb.input_ids
+    frame_target = (lb.labels != -100) & (lb.labels < 50)
+    assert not changed[~frame_target].any()  # prompt, BOS and EOS untouched
+    assert noisy[frame_target].max() < 50  # replacements are frame codes
+    # a replacement may draw the same code (1 in 50), so the changed share is ~0.3 * 49 / 50
+    share = changed[frame_target].float().mean().item()
+    assert abs(share - 0.3 * 49 / 50) < 0.03, share
 
 
 def test_run_errors(assets, tmp_path):

@@ -151,7 +151,9 @@ def test_run_errors(data_root, tmp_path):
         recipe.run(_cfg(data_root, tmp_path / "c", "tokenizer.gan_weight=0.5", "tokenizer.disc_layers=4"))
     with pytest.raises(ValueError, match="dataset must have an episode of at least 17 frames"):
         recipe.run(_cfg(data_root, tmp_path / "d", *COMPRESSIVE, "data.context_frames=8"))
-    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # failed before any work
+    with pytest.raises(ValueError, match="train.token_noise applies to world-model pre-training only"):
+        recipe.run(_cfg(data_root, tmp_path / "e", "train.token_noise=0.1"))
+    assert not any((tmp_path / x).exists() for x in "cde")  # failed before any work
 
 
 def test_shipped_config_is_headed_by_its_command():
