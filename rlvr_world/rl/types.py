@@ -4,6 +4,24 @@
 imports point down (ops -> rl); it is re-exported here as the RL-facing name.
 """
 
+from dataclasses import dataclass
+
+import torch
+
 from rlvr_world.ops.grpo_loss import GRPOStats
 
-__all__ = ["GRPOStats"]
+__all__ = ["GRPOStats", "Rollout"]
+
+
+@dataclass
+class Rollout:
+    """The sampled responses of ``generate``; rows p*G .. p*G+G-1 belong to prompt p.
+
+    tokens [P*G, N] int64 (forced tokens included; ``eos_id`` as padding after EOS), logprobs [P*G, N] fp32
+    (0 where mask is False), mask [P*G, N] bool (True where the token was sampled).
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+
