@@ -1,6 +1,6 @@
 """RL pieces shared by the trainers: typed containers and GRPO advantages."""
 
 from .advantages import grpo_advantages
-from .types import GRPOStats
+from .types import GRPOStats, Rollout
 
-__all__ = ["GRPOStats", "grpo_advantages"]
+__all__ = ["GRPOStats", "Rollout", "grpo_advantages"]

@@ -1,7 +1,8 @@
 """Typed containers of RL data (torchtune's GRPOTrajectory style), with documented shapes.
 
 ``GRPOStats`` is produced by the loss op and defined beside it (``rlvr_world.ops.grpo_loss``) so that
-imports point down (ops -> rl); it is re-exported here as the RL-facing name.
+imports point down (ops -> rl); it is re-exported here as the RL-facing name. ``Rollout`` is what
+``rlvr_world.rollout.generate`` returns.
 """
 
 from dataclasses import dataclass
