@@ -12,6 +12,8 @@ import Triton; its modules do, so they are imported only when a Triton path runs
 * ``lpips_head``: one LPIPS stage (channel normalisation, weighted squared difference, spatial mean).
 * ``sample_tokens``: the fused sampler (temperature, top-k / top-p thresholds by bisection, Philox
   Gumbel-max draw, log-prob of the draw), one program per row, chunked over the vocab when it is large.
+* ``cascade_decode``: decode attention over [group prefix ‖ own suffix]; each prefix KV tile is loaded
+  once per group and kv head for all G * rep query rows (split-K), then the suffix and the LSE merge.
 """
 
 import os

@@ -16,6 +16,11 @@ tensor is ever reallocated, lengths live in the position tensors, not in Python 
   ``merge_attention`` (the LSE merge of FlashInfer's cascade attention, written out). The prefix part
   folds the G rows of a group into the query length, so the prefix is read once per group, not G times.
 
+* ``TritonSharedPrefixKVCache``: the same cache whose one-token-per-row decode step runs the Triton
+  cascade decode kernel (``kernels/cascade_decode.py``: each group's prefix tile is loaded once and used
+  by all G * rep query rows, split-K over the prefix, suffix and LSE merge in a second kernel); steps of
+  several tokens per row (forced-token runs) use the eager parts above.
+
 Choices: the explicit parts compute in fp32 whatever the cache dtype (simple and exact; speed is for the
 later kernel); all prompts of a shared-prefix cache have the same length Lp (no padding); GQA everywhere
 (query head h reads kv head h // (n_heads / n_kv_heads), HF's ``repeat_kv`` order).
@@ -28,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KVCache", "SharedPrefixKVCache", "attention_with_lse", "merge_attention"]
+__all__ = ["KVCache", "SharedPrefixKVCache", "TritonSharedPrefixKVCache", "attention_with_lse", "merge_attention"]
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -176,3 +181,48 @@ class SharedPrefixKVCache:
 
         out, _ = merge_attention(o1, lse1, o2, lse2)  # [B, Hq, S, D]
         return out.to(q.dtype)
+
+
+class TritonSharedPrefixKVCache(SharedPrefixKVCache):
+    """``SharedPrefixKVCache`` whose decode step (S == 1) runs the Triton cascade decode kernel.
+
+    Same storage, same results (up to fp32 summation order); ``attend`` with several tokens per row
+    falls back to the eager parts. Triton must run on the cache's device (CUDA, or CPU under
+    ``TRITON_INTERPRET=1``), else ``allocate`` (before any work) and ``attend`` raise a RuntimeError saying
+    why (an explicit choice never falls back).
+    """
+
+    @staticmethod
+    def _require_triton(device: torch.device) -> None:
+        from rlvr_world.ops import _dispatch
+
+        why = _dispatch.missing("triton", torch.device(device))
+        if why is not None:
+            raise RuntimeError(f"TritonSharedPrefixKVCache (attn_impl='triton') is unavailable: {why}")
+
+    @classmethod
+    def allocate(cls, n_layers: int, num_prompts: int, group_size: int, n_kv_heads: int, prompt_len: int,
+                 max_new_tokens: int, head_dim: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> TritonSharedPrefixKVCache:
+        """As ``SharedPrefixKVCache.allocate``, after checking that Triton runs on ``device`` (before any work)."""
+        cls._require_triton(device)
+        return super().allocate(n_layers, num_prompts, group_size, n_kv_heads, prompt_len, max_new_tokens,
+                                head_dim, dtype=dtype, device=device)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> torch.Tensor:
+        """As ``SharedPrefixKVCache.attend``; q [P*G, n_heads, 1, D] uses the kernel."""
+        if q.shape[2] != 1:
+            return super().attend(layer, q, k, v, positions)
+        self._require_triton(q.device)
+        from rlvr_world.kernels.cascade_decode import cascade_decode
+
+        Lp = self.prefix_len
+        slots = positions - Lp  # [B, 1] suffix slots
+        self.suffix.write(layer, k, v, slots)
+        suffix_len = slots[:, 0] + 1  # [B]: slots <= the query's own slot
+        q1 = q[:, :, 0] if q.stride(-1) == 1 else q[:, :, 0].contiguous()  # [B, n_heads, D]
+        out = cascade_decode(q1, self.prefix.k[layer, :, :, :Lp], self.prefix.v[layer, :, :, :Lp],
+                             self.suffix.k[layer], self.suffix.v[layer], suffix_len, self.group_size,
+                             1.0 / math.sqrt(q.shape[-1]))  # [B, n_heads, D]
+        return out.unsqueeze(2)  # [B, n_heads, 1, D]

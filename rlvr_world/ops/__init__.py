@@ -5,6 +5,7 @@
 
 from . import reference
 from ._library import cpp_available
+from .cascade_attention import cascade_decode_attention
 from .frame_metrics import FrameErrors, frame_metrics
 from .grpo_loss import GRPOStats, grpo_loss, grpo_loss_from_logits
 from .lpips_head import lpips_head
@@ -14,6 +15,7 @@ from .token_logprobs import token_logprobs
 __all__ = [
     "FrameErrors",
     "GRPOStats",
+    "cascade_decode_attention",
     "cpp_available",
     "frame_metrics",
     "grpo_loss",

@@ -41,8 +41,8 @@ What it decides:
   the returned tensors are ordinary (not inference) tensors, so the trainer can use them under autograd.
 
 Hooks for what comes next (none changes the outputs): ``attn_impl`` picks the cache class whose ``attend``
-runs the decode attention (``CACHE_IMPLS``: "eager" = ``SharedPrefixKVCache``; a Triton decode kernel
-registers a subclass); the per-step state is device tensors (``positions``, ``row_base``) and the step
+runs the decode attention (``CACHE_IMPLS``: "eager" = ``SharedPrefixKVCache``; "triton" =
+``TritonSharedPrefixKVCache``, whose one-token steps run ``kernels/cascade_decode.py``); the per-step state is device tensors (``positions``, ``row_base``) and the step
 itself (``_append``, ``_sample``) has no Python-side state beyond the step index, so it can be captured
 in CUDA graphs per shape bucket; ``sample_impl`` is passed to ``ops.sample_tokens``.
 
@@ -59,14 +59,15 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvr_world.models.kv_cache import KVCache, SharedPrefixKVCache
+from rlvr_world.models.kv_cache import KVCache, SharedPrefixKVCache, TritonSharedPrefixKVCache
 from rlvr_world.ops import sample_tokens
 from rlvr_world.rl.types import Rollout
 
 __all__ = ["CACHE_IMPLS", "Rollout", "cache_bytes", "generate", "max_prompts_per_batch"]
 
 #: attn_impl -> the SharedPrefixKVCache class whose ``attend`` computes the decode attention
-CACHE_IMPLS: dict[str, type[SharedPrefixKVCache]] = {"eager": SharedPrefixKVCache}
+CACHE_IMPLS: dict[str, type[SharedPrefixKVCache]] = {"eager": SharedPrefixKVCache,
+                                                   "triton": TritonSharedPrefixKVCache}
 
 ForcedFn = Callable[[int, torch.Tensor], torch.Tensor]
 
