@@ -6,6 +6,6 @@ loaded when a path that uses them runs.
 
 __version__ = "0.1.0"
 
-from . import ops, rl  # noqa: E402
+from . import ops, rl
 
-__all__ = ["ops", "rl", "__version__"]
+__all__ = ["__version__", "ops", "rl"]

@@ -42,9 +42,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["META_FILE", "SPLITS", "ActionTokenizer", "Clip", "ClipSampler", "EpisodeDataset", "collate_clips",
-           "stride_mean_actions",
-           "color_jitter", "compute_action_ranges", "read_meta", "write_episode", "write_meta"]
+__all__ = [
+    "META_FILE",
+    "SPLITS",
+    "ActionTokenizer",
+    "Clip",
+    "ClipSampler",
+    "EpisodeDataset",
+    "collate_clips",
+    "color_jitter",
+    "compute_action_ranges",
+    "read_meta",
+    "stride_mean_actions",
+    "write_episode",
+    "write_meta",
+]
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")

@@ -11,7 +11,16 @@
 * ``kv_cache``: static KV caches (``KVCache``, per-group ``SharedPrefixKVCache``) and their eager attention.
 """
 
-from . import compressive_tokenizer, discriminator, frame_tokenizer, fsq, kv_cache, lpips, released_tokenizer, transformer
+from . import (
+    compressive_tokenizer,
+    discriminator,
+    frame_tokenizer,
+    fsq,
+    kv_cache,
+    lpips,
+    released_tokenizer,
+    transformer,
+)
 from .compressive_tokenizer import CompressiveTokenizer, CompressiveTokenizerArgs
 from .frame_tokenizer import FrameTokenizer, FrameTokenizerArgs
 from .fsq import FSQ

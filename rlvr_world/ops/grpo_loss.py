@@ -174,7 +174,7 @@ def grpo_loss(
     clip_c: float = 3.0,
     kl_coef: float = 0.0,
     temperature: float = 1.0,
-    num_tokens: float | int | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
     impl: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, GRPOStats]:
@@ -231,7 +231,7 @@ def grpo_loss_from_logits(
     clip_c: float = 3.0,
     kl_coef: float = 0.0,
     temperature: float = 1.0,
-    num_tokens: float | int | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, GRPOStats]:
     """GRPO loss from logits [N, V] (rows contiguous in V), differentiable w.r.t. the logits.
