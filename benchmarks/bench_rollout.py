@@ -1,10 +1,10 @@
-"""Benchmark of the rollout engine (issue 6, item 9): group sampling with a shared-prefix KV cache
+"""Benchmark of the rollout engine: group sampling with a shared-prefix KV cache
 (``rlvr_world.rollout.generate``) beside Hugging Face ``generate``, a gpt-fast-style static-cache loop and,
 for multi-step video, the re-prefill-every-turn protocol.
 
 What it decides:
 
-* **Workloads** (``--workloads``; the ``gpu`` shape set is the issue's, the ``cpu`` set a tiny stand-in):
+* **Workloads** (``--workloads``; the ``gpu`` shape set is paper scale, the ``cpu`` set a tiny stand-in):
 
   - ``w1`` single-step video: ``Transformer(ModelArgs.from_name("vwm-s", vocab_size=4633))`` (LLaMA 768 x 12,
     random init), prompt 1,333, exactly 320 new tokens, G 16, prompts in {1, 8, 32, 128}. cpu: ``vwm-tiny``,
@@ -13,7 +13,7 @@ What it decides:
     tokens + 13 forced action tokens): ``forced_tokens`` / ``forced_mask`` from
     ``data.video_layout.MultiStepLayout().forced(action_bins)`` (F 80, A 13, S 7: response 651, vocab
     9,008) with random action bins; the prompt is 1,373 random ids (the layout's own prompt with one
-    context frame is 334 tokens; the issue's length is kept). Prompts {8, 32}, G 16. cpu: ``vwm-tiny``
+    context frame is 334 tokens; the paper's 1,373 is kept). Prompts {8, 32}, G 16. cpu: ``vwm-tiny``
     (vocab 9,008), prompt 64, ``MultiStepLayout(tokens_per_frame=8, future_frames=3, action_dims=4)``
     (3 x (8 + 4) = 36), G 4, prompts {1, 4}.
   - ``w3`` text: Qwen2-1.5B's shape (``QWEN2_1_5B``: H 1,536, 28 layers, 12 query / 2 kv heads of 128,
@@ -91,7 +91,7 @@ What it decides:
   row reads its own copy of the prompt's KV (B (Lp + t) tokens at response position t), shared = the
   prompt's KV once per group (P Lp + B t tokens); one forward per sampled position after the first (w2's
   forced runs ride in the forward of the sampled position after them, as in ours and gptfast).
-  W1 at 128 prompts on an H100 (bf16): shared 1.98 s, unshared 12.0 s (the issue's ~2.0 s / ~12 s).
+  W1 at 128 prompts on an H100 (bf16): shared 1.98 s, unshared 12.0 s (the design's ~2.0 s / ~12 s floors).
   ``mem_mib`` = CUDA peak allocation of the timed calls beyond what was allocated before the row's call was
   built (cache, activations, outputs; gptfast's reused cache included); ``n/a`` on a CPU. ``agree`` = the gate's greedy agreement with ours.
 
@@ -638,12 +638,12 @@ def parse_args(argv=None):
                     "checks ours == the gpt-fast loop token for token first. Prints a table and appends CSV "
                     "rows tagged with device, versions, git SHA.",
         epilog="Examples: OMP_NUM_THREADS=1 python benchmarks/bench_rollout.py --device cpu --shapes cpu --reps 2 | "
-               "python benchmarks/bench_rollout.py  (on a GPU: the issue's shapes, bf16, every baseline)",
+               "python benchmarks/bench_rollout.py  (on a GPU: paper-scale shapes, bf16, every baseline)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu",
                    help="where to run (default: cuda if available, else cpu)")
     p.add_argument("--shapes", choices=list(SHAPES), default=None,
-                   help="gpu (the issue's shapes: vwm-s / Qwen2-1.5B shape) or cpu (vwm-tiny / a 2-layer Qwen2-"
+                   help="gpu (paper-scale shapes: vwm-s / Qwen2-1.5B shape) or cpu (vwm-tiny / a 2-layer Qwen2-"
                         "shaped model, prompt 64, 32 new, G 4); default gpu on cuda, cpu on cpu")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma list among w1 (single-step video), w2 (multi-step interactive), w3 (text) "

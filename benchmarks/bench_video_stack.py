@@ -1,5 +1,5 @@
 """Benchmark of the video world model stack: frame tokenizer encode / decode throughput and the
-pre-training step's tokens/s and MFU (issue 5, item 8).
+pre-training step's tokens/s and MFU.
 
 What it decides:
 
