@@ -279,6 +279,50 @@ def _is_number(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
+# ---------------------------------------------------------------------------------------------------- CLI
+def parse_ints(text: str, name: str, parser) -> tuple[int, ...]:
+    """A comma list of positive ints (``--prompts 1,8``); ``parser.error`` names the option otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parser.error(f"{name} must be a comma list of integers, got {text!r}")
+    if any(v < 1 for v in values):
+        parser.error(f"{name} values must be >= 1, got {text!r}")
+    return values
+
+
+def parse_choices(text: str, choices, what: str, parser) -> list[str]:
+    """A comma list of names, each one of ``choices``; ``parser.error`` lists them otherwise."""
+    values = [v for v in text.split(",") if v]
+    if bad := [v for v in values if v not in choices]:
+        parser.error(f"unknown {what} {bad}; choose from {list(choices)}")
+    return values
+
+
+def resolve_common(args, parser, *, stem: str, reps: tuple[int, int], warmup: tuple[int, int],
+                   shape_sets=None) -> torch.device:
+    """The options every benchmark shares, resolved in place: ``--device`` (an error when CUDA is named but
+    absent), ``--shapes`` (a comma list of ``shape_sets`` keys or ``all``, default ``gpu`` on CUDA and ``cpu``
+    elsewhere; skipped when ``shape_sets`` is None), ``--reps`` / ``--warmup`` (defaults (cuda, cpu)), and
+    ``--csv`` (default ``benchmarks/results/<stem>_<device>.csv``). Returns the device."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    if shape_sets is not None:
+        shapes = (args.shapes or ("gpu" if on_cuda else "cpu")).split(",")
+        args.shapes = list(shape_sets) if "all" in shapes else parse_choices(",".join(shapes), shape_sets,
+                                                                           "shape set(s)", parser)
+    args.reps = args.reps if args.reps is not None else reps[0 if on_cuda else 1]
+    args.warmup = args.warmup if args.warmup is not None else warmup[0 if on_cuda else 1]
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first call is the check / cold call)")
+    args.csv = args.csv or Path(__file__).resolve().parent / "results" / f"{stem}_{device.type}.csv"
+    return device
+
+
 def announce(device) -> dict[str, str]:
     """Print the run's tags (device, torch, triton, git SHA, date) on stderr; return them."""
     tags = env_tags(device)

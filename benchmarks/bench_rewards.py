@@ -655,31 +655,12 @@ def parse_args(argv=None):
     p.add_argument("--csv", "--out", dest="csv", type=Path, default=None,
                    help="CSV to append to (default benchmarks/results/rewards_<device>.csv)")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not cuda:
-        p.error("--device cuda but torch.cuda.is_available() is False")
-    device = torch.device(args.device)
-    shapes = (args.shapes or ("gpu" if device.type == "cuda" else "cpu")).split(",")
-    if "all" in shapes:
-        shapes = list(SHAPES)
-    if bad := [s for s in shapes if s not in SHAPES]:
-        p.error(f"unknown shape set(s) {bad}; choose from {list(SHAPES)} or all")
-    args.shapes = shapes
-    args.dtypes = args.dtype.split(",")
-    if bad := [d for d in args.dtypes if d not in DTYPES]:
-        p.error(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
-    args.metrics = args.metrics.split(",")
-    if bad := [m for m in args.metrics if m not in METRICS]:
-        p.error(f"unknown metric(s) {bad}; choose from {list(METRICS)}")
-    args.impls = args.impls.split(",") if args.impls else default_impls(device)
-    if bad := [i for i in args.impls if i not in IMPLS]:
-        p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}")
-    args.reps = args.reps if args.reps is not None else (10 if device.type == "cuda" else 5)
-    args.warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 2)
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
+    device = _harness.resolve_common(args, p, stem="rewards", reps=(10, 5), warmup=(3, 2), shape_sets=SHAPES)
+    args.dtypes = _harness.parse_choices(args.dtype, DTYPES, "dtype(s)", p)
+    args.metrics = _harness.parse_choices(args.metrics, METRICS, "metric(s)", p)
+    args.impls = _harness.parse_choices(args.impls, IMPLS, "impl(s)", p) if args.impls else default_impls(device)
     if args.group_size < 1:
         p.error("--group-size must be >= 1")
-    args.csv = args.csv or Path(__file__).resolve().parent / "results" / f"rewards_{device.type}.csv"
     return args
 
 

@@ -608,23 +608,6 @@ def bench_workload(set_name: str, name: str, wl: Workload, device, args) -> list
     return rows
 
 
-def _ints(text: str, name: str, p) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        p.error(f"{name} must be a comma list of integers, got {text!r}")
-    if any(v < 1 for v in values):
-        p.error(f"{name} values must be >= 1, got {text!r}")
-    return values
-
-
-def _list(text: str, choices, name: str, p) -> list[str]:
-    values = [v for v in text.split(",") if v]
-    if bad := [v for v in values if v not in choices]:
-        p.error(f"unknown {name} {bad}; choose from {list(choices)}")
-    return values
-
-
 def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(
@@ -678,35 +661,26 @@ def parse_args(argv=None):
     p.add_argument("--csv", "--out", dest="csv", type=Path, default=None,
                    help="CSV to append to (default benchmarks/results/rollout_<device>.csv)")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not cuda:
-        p.error("--device cuda but torch.cuda.is_available() is False")
-    device = torch.device(args.device)
+    device = _harness.resolve_common(args, p, stem="rollout", reps=(5, 3), warmup=(2, 1))
     args.shapes = args.shapes or ("gpu" if device.type == "cuda" else "cpu")
-    args.workloads = _list(args.workloads, WORKLOADS, "workload(s)", p)
-    args.prompts = _ints(args.prompts, "--prompts", p) if args.prompts else None
-    args.groups = _ints(args.groups, "--groups", p) if args.groups else None
+    args.workloads = _harness.parse_choices(args.workloads, WORKLOADS, "workload(s)", p)
+    args.prompts = _harness.parse_ints(args.prompts, "--prompts", p) if args.prompts else None
+    args.groups = _harness.parse_ints(args.groups, "--groups", p) if args.groups else None
     if args.baselines is None:
         args.baselines = list(BASELINES) if device.type == "cuda" else ["hf", "gptfast", "reprefill", "reprefill_hf"]
     elif args.baselines == "none":
         args.baselines = []
     else:
-        args.baselines = _list(args.baselines, BASELINES, "baseline(s)", p)
+        args.baselines = _harness.parse_choices(args.baselines, BASELINES, "baseline(s)", p)
     if args.attn_impls is None:
         args.attn_impls = [a for a in CACHE_IMPLS if attn_unavailable(a, device) is None]
     else:
-        args.attn_impls = _list(args.attn_impls, CACHE_IMPLS, "attn impl(s)", p)
+        args.attn_impls = _harness.parse_choices(args.attn_impls, CACHE_IMPLS, "attn impl(s)", p)
     if args.max_new is not None and args.max_new < 1:
         p.error("--max-new must be >= 1")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         p.error("--temperature must be a finite number >= 0")
     args.precision_name = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    args.reps = args.reps if args.reps is not None else (5 if device.type == "cuda" else 3)
-    args.warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 1)
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
-    if args.warmup < 1:
-        p.error("--warmup must be >= 1 (the cold call is the first)")
-    args.csv = args.csv or Path(__file__).resolve().parent / "results" / f"rollout_{device.type}.csv"
     return args
 
 

@@ -360,16 +360,6 @@ def _progress(row):
           f"{row.get('status')}{timing}", file=sys.stderr)
 
 
-def _ints(text: str, name: str, p) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        p.error(f"{name} must be a comma list of integers, got {text!r}")
-    if any(v < 1 for v in values):
-        p.error(f"{name} values must be >= 1, got {text!r}")
-    return values
-
-
 def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(
@@ -412,33 +402,14 @@ def parse_args(argv=None):
     p.add_argument("--csv", "--out", dest="csv", type=Path, default=None,
                    help="CSV to append to (default benchmarks/results/video_stack_<device>.csv)")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not cuda:
-        p.error("--device cuda but torch.cuda.is_available() is False")
-    device = torch.device(args.device)
-    shapes = (args.shapes or ("gpu" if device.type == "cuda" else "cpu")).split(",")
-    if "all" in shapes:
-        shapes = list(SHAPES)
-    if bad := [s for s in shapes if s not in SHAPES]:
-        p.error(f"unknown shape set(s) {bad}; choose from {list(SHAPES)} or all")
-    args.shapes = shapes
-    args.cases = args.cases.split(",")
-    if bad := [c for c in args.cases if c not in CASES]:
-        p.error(f"unknown case(s) {bad}; choose from {list(CASES)}")
-    args.models = args.models.split(",")
-    if bad := [m for m in args.models if m not in MODELS]:
-        p.error(f"unknown model(s) {bad}; choose from {list(MODELS)}")
-    args.tok_batch = _ints(args.tok_batch, "--tok-batch", p) if args.tok_batch else None
-    args.lm_batch = _ints(args.lm_batch, "--lm-batch", p) if args.lm_batch else None
+    device = _harness.resolve_common(args, p, stem="video_stack", reps=(10, 5), warmup=(3, 2), shape_sets=SHAPES)
+    args.cases = _harness.parse_choices(args.cases, CASES, "case(s)", p)
+    args.models = _harness.parse_choices(args.models, MODELS, "model(s)", p)
+    args.tok_batch = _harness.parse_ints(args.tok_batch, "--tok-batch", p) if args.tok_batch else None
+    args.lm_batch = _harness.parse_ints(args.lm_batch, "--lm-batch", p) if args.lm_batch else None
     args.precision_name = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if args.channels_last is None:
         args.channels_last = device.type == "cuda"
-    args.reps = args.reps if args.reps is not None else (10 if device.type == "cuda" else 5)
-    args.warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 2)
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
-    if args.warmup < 1:
-        p.error("--warmup must be >= 1 (the check's call is the first)")
-    args.csv = args.csv or Path(__file__).resolve().parent / "results" / f"video_stack_{device.type}.csv"
     return args
 
 
