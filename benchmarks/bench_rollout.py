@@ -115,7 +115,7 @@ import torch
 from rlvr_world.data.video_layout import MultiStepLayout
 from rlvr_world.models.hf_format import hf_config_from_args, ours_to_hf
 from rlvr_world.models.transformer import ModelArgs, Transformer
-from rlvr_world.rollout import CACHE_IMPLS, generate
+from rlvr_world.rollout import CACHE_IMPLS, forced_runs, generate
 
 WORKLOADS = ("w1", "w2", "w3")
 BASELINES = ("hf", "hf_static", "gptfast", "gptfast_compile", "reprefill", "reprefill_hf")
@@ -199,17 +199,6 @@ def _status(err: BaseException) -> str:
         return "oom"
     first_line = (str(err).splitlines() or [""])[0][:120]
     return f"error: {type(err).__name__}: {first_line}"
-
-
-def segments(forced_mask: torch.Tensor | None, n: int) -> list[tuple[int, int, bool]]:
-    """Runs of equal forced_mask values: [(start, end, forced)] covering 0 .. n."""
-    flags = [False] * n if forced_mask is None else [bool(f) for f in forced_mask.tolist()]
-    runs, start = [], 0
-    for t in range(1, n + 1):
-        if t == n or flags[t] != flags[start]:
-            runs.append((start, t, flags[start]))
-            start = t
-    return runs
 
 
 def count_generated(tokens: torch.Tensor, eos_id: int | None, forced: torch.Tensor | None = None) -> int:
@@ -300,7 +289,7 @@ def gptfast_call(model, inp: Inputs, wl: Workload, G: int, N: int, temperature: 
     """gpt-fast's loop: per-row static cache, the prompts prefilled G times, one decode step per token."""
     P, Lp = inp.prompts.shape
     B, eos = P * G, wl.eos_id
-    segs = segments(inp.forced_mask, N)
+    segs = forced_runs(inp.forced_mask, N)
 
     def step(cache, tok, pos):  # tokens [B], positions [B] -> next tokens [B]
         return gptfast_sample(model.decode_step(tok, pos, cache), temperature)
@@ -385,7 +374,7 @@ def reprefill_call(model_or_hf, inp: Inputs, wl: Workload, G: int, N: int, tempe
                    use_hf: bool):
     """The reference's multi-step protocol: each turn re-runs the whole sequence, then samples its frame."""
     P, _Lp = inp.prompts.shape
-    segs = segments(inp.forced_mask, N)
+    segs = forced_runs(inp.forced_mask, N)
     greedy = temperature == 0
 
     def sample_turn(seq, g, n, turn):
@@ -426,7 +415,7 @@ def decode_forwards(inp: Inputs, N: int, steps: int) -> list[int]:
     """Response offsets t of the decode forwards, one per sampled position after the first (whose logits come
     from the prefill); the forward giving position t's logits reads the KV of Lp + t tokens. A forced run is
     appended by the forward of the sampled position after it (with the token before it), so it adds none."""
-    sampled = [t for s, e, forced in segments(inp.forced_mask, N) if not forced for t in range(s, e)]
+    sampled = [t for s, e, forced in forced_runs(inp.forced_mask, N) if not forced for t in range(s, e)]
     return [t for t in sampled[:steps] if t >= 1]
 
 

@@ -235,13 +235,15 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def hidden_states(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
-                      cache: KVCache | SharedPrefixKVCache | None = None) -> torch.Tensor:
+                      cache: KVCache | SharedPrefixKVCache | None = None, check: bool = True) -> torch.Tensor:
         """input_ids [B, S] -> final-normed hidden states [B, S, H].
 
         positions [B, S] (default 0 .. S-1) set RoPE and, with a cache, the slots written and read; without
-        a cache, attention is causal over the S given tokens.
+        a cache, attention is causal over the S given tokens. ``check=False`` skips the checks on the *values*
+        of input_ids and positions (each a host sync; the rollout engine's static decode steps, whose inputs
+        it builds itself, pass False); shapes, dtypes and the cache are always checked.
         """
-        positions = self._check_inputs(input_ids, positions, cache)
+        positions = self._check_inputs(input_ids, positions, cache, check)
         x = self.tok_embeddings(input_ids)  # [B, S, H]
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, x.dtype)  # [B, 1, S, D]
         ckpt = self.args.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
@@ -295,17 +297,19 @@ class Transformer(nn.Module):
         return self.output(h[:, -1])  # [B, V]
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor,
-                    cache: KVCache | SharedPrefixKVCache) -> torch.Tensor:
-        """One token per row: tokens [B], positions [B] -> logits [B, V] (the cache gains these tokens)."""
+                    cache: KVCache | SharedPrefixKVCache, *, check: bool = True) -> torch.Tensor:
+        """One token per row: tokens [B], positions [B] -> logits [B, V] (the cache gains these tokens).
+
+        ``check=False``: no host sync (value checks skipped, as in ``hidden_states``)."""
         for name, t in (("tokens", tokens), ("positions", positions)):
             if not isinstance(t, torch.Tensor) or t.dim() != 1:
                 raise ValueError(f"{name} must be a 1-D tensor [B], got {_describe(t)}")
         if cache is None:
             raise ValueError("cache must be a KVCache or SharedPrefixKVCache, got None")
-        h = self.hidden_states(tokens.unsqueeze(1), positions=positions.unsqueeze(1), cache=cache)
+        h = self.hidden_states(tokens.unsqueeze(1), positions=positions.unsqueeze(1), cache=cache, check=check)
         return self.output(h[:, 0])  # [B, V]
 
-    def _check_inputs(self, input_ids, positions, cache) -> torch.Tensor:
+    def _check_inputs(self, input_ids, positions, cache, check: bool = True) -> torch.Tensor:
         """Validate input_ids [B, S], positions [B, S] and the cache; return the positions (int64)."""
         a = self.args
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -315,7 +319,7 @@ class Transformer(nn.Module):
         B, S = input_ids.shape
         if S < 1 or S > a.max_seq_len:
             raise ValueError(f"input_ids must have 1 to max_seq_len={a.max_seq_len} tokens per row, got {S}")
-        checks = not _capturing()
+        checks = check and not _capturing()  # the value checks below are host syncs
         if checks and bool(((input_ids < 0) | (input_ids >= a.vocab_size)).any()):
             bad = ((input_ids < 0) | (input_ids >= a.vocab_size)).nonzero()[0].tolist()
             raise ValueError(f"input_ids must lie in [0, vocab_size={a.vocab_size}), got "

@@ -413,3 +413,23 @@ def test_generate_vllm_bad_inputs(kwargs, match):
     prompts = args.pop("prompts")
     with pytest.raises(ValueError, match=match):
         vb.generate_vllm(_StubLLM(), prompts, **args)
+
+
+def test_generate_dispatches_to_this_backend(monkeypatch):
+    from rlvr_world.rollout import generate
+
+    seen = {}
+
+    def fake_generate_vllm(llm, prompts, **kw):
+        seen.update(kw, llm=llm, prompts=prompts)
+        return "rollout"
+
+    monkeypatch.setattr(vb, "generate_vllm", fake_generate_vllm)
+    prompts = torch.zeros(2, 3, dtype=torch.long)
+    out = generate("an LLM", prompts, group_size=4, max_new_tokens=5, top_k=7, seed=3, eos_id=1, backend="vllm")
+    assert out == "rollout" and seen["llm"] == "an LLM" and seen["prompts"] is prompts
+    assert (seen["group_size"], seen["max_new_tokens"], seen["top_k"], seen["seed"], seen["eos_id"]) == (4, 5, 7, 3, 1)
+    with pytest.raises(ValueError, match="return_stats=True is not available with backend='vllm'"):
+        generate("an LLM", prompts, group_size=4, max_new_tokens=5, backend="vllm", return_stats=True)
+    with pytest.raises(ValueError, match="backend must be 'engine' \\(default\\) or 'vllm', got 'hf'"):
+        generate("an LLM", prompts, group_size=4, max_new_tokens=5, backend="hf")
