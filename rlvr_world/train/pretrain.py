@@ -428,9 +428,10 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         out["lpips"] = s.lpips_note
     s.last_eval = {"step": s.step, **out}
     s.logger.log(s.step, out, kind="eval")
+    lp = {k: f" lpips {out[f'{k}_lpips']:.4f}" if f"{k}_lpips" in out else "" for k in ("pred", "copy")}
     s.logger.write(f"step {s.step}: val loss {out['loss']:.4f} acc {out['token_acc']:.3f} | next frame psnr "
-                   f"{out['pred_psnr']:.2f} ssim {out['pred_ssim']:.4f} mae {out['pred_mae']:.4f} | copy psnr "
-                   f"{out['copy_psnr']:.2f} ssim {out['copy_ssim']:.4f} mae {out['copy_mae']:.4f}")
+                   f"{out['pred_psnr']:.2f} ssim {out['pred_ssim']:.4f} mae {out['pred_mae']:.4f}{lp['pred']} | "
+                   f"copy psnr {out['copy_psnr']:.2f} ssim {out['copy_ssim']:.4f} mae {out['copy_mae']:.4f}{lp['copy']}")
     return out
 
 
