@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import gc
 import importlib.metadata
 import math
 import os
@@ -277,6 +278,19 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def _is_number(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if _device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device) -> None:
+    """Collect garbage and return cached CUDA blocks, so a row starts from what it allocates itself."""
+    gc.collect()
+    if _device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -102,7 +102,6 @@ is imported only when an HF baseline runs.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import sys
 import time
@@ -170,17 +169,6 @@ SHAPES = {
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def attn_unavailable(attn: str, device) -> str | None:
     """Why ``attn_impl=attn`` cannot run on ``device`` (None when it can): a 1-token cache is allocated."""
     try:
@@ -469,7 +457,7 @@ def gate(wl: Workload, impls: list[str], device, args) -> tuple[dict[str, str], 
     for a in attns:
         agree[f"ours:{a}"] = agree.pop(a, None)
     del model, hf
-    _free(device)
+    _harness.free_memory(device)
     fails = {}
     if agree.get("gptfast") != 1.0:
         fails = {f"ours:{a}": f"greedy tokens differ from the gpt-fast loop (agree {agree.get('gptfast')})"
@@ -485,10 +473,10 @@ def run_row(call, wl: Workload, inp: Inputs, model, G: int, N: int, device, args
             build_s: float, base_bytes: int | None) -> None:
     """Cold call, warm-up, timed calls, peak memory; fills ``row``. ``build_s`` (making ``call``, e.g. a cache
     allocated once) is added to the cold start; memory is counted from ``base_bytes`` (allocated before it)."""
-    _sync(device)
+    _harness.sync(device)
     start = time.perf_counter()
     out = call()
-    _sync(device)
+    _harness.sync(device)
     cold = time.perf_counter() - start + build_s
     gen_tokens = count_generated(out, wl.eos_id, inp.forced_mask)
     if wl.eos_id is None:
@@ -564,7 +552,7 @@ def bench_workload(set_name: str, name: str, wl: Workload, device, args) -> list
                 try:
                     if impl in ("hf", "hf_static", "reprefill_hf"):
                         hf = hf or build_hf(model, device)
-                    _sync(device)
+                    _harness.sync(device)
                     base_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
                     start = time.perf_counter()
                     if impl.startswith("ours:"):
@@ -579,21 +567,21 @@ def bench_workload(set_name: str, name: str, wl: Workload, device, args) -> list
                                 if impl == "reprefill_hf" else
                                 hf_call(hf, inp, wl, G, N, args.temperature, args.seed, impl == "hf_static"))
                     compiled = impl == "gptfast_compile" or (impl == "hf_static" and device.type == "cuda")
-                    _sync(device)
+                    _harness.sync(device)
                     run_row(call, wl, inp, model, G, N, device, args, row, compiled, time.perf_counter() - start,
                             base_bytes)
                 except Exception as err:  # noqa: BLE001 - one implementation's failure must not end the run
                     row["status"] = _status(err)
                 finally:
                     call = None
-                    _free(device)
+                    _harness.free_memory(device)
                 timing = f", {row['median_ms']:.1f} ms" if row.get("median_ms") is not None else ""
                 print(f"[{name} {wl.model_name} P={P} G={G} Lp={wl.prompt_len} N={N}] {impl}: {row.get('status')}"
                       f"{timing}", file=sys.stderr)
             add_speedups(group_rows)
             rows += group_rows
     del model, hf
-    _free(device)
+    _harness.free_memory(device)
     return rows
 
 

@@ -68,7 +68,6 @@ Nothing here touches CUDA at import; CUDA is used only with ``--device cuda``.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import sys
 import time
@@ -120,27 +119,16 @@ SHAPES = {
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def _first_call(fn, device):
     """One call (the gate's, also the first warm-up): (output, seconds)."""
-    _sync(device)
+    _harness.sync(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    _harness.sync(device)
     return out, time.perf_counter() - start
 
 
@@ -217,7 +205,7 @@ def bench_tokenizer(set_name, s: ShapeSet, model: str, batches, device, args) ->
                 if r.get("status") in (None, "ok"):
                     r["status"] = _status(err)
         finally:
-            _free(device)
+            _harness.free_memory(device)
         for r in (enc_row, dec_row):
             _progress(r)
     return rows
@@ -259,7 +247,7 @@ def tokenizer_case(s: ShapeSet, model: str, B: int, device, args, enc_row: dict,
         except Exception as err:  # noqa: BLE001 - the other op still runs
             row["status"] = _status(err)
         finally:
-            _free(device)
+            _harness.free_memory(device)
 
 
 # ---- pre-training step ---------------------------------------------------------------------------------------
@@ -304,7 +292,7 @@ def bench_pretrain(set_name, s: ShapeSet, batches, device, args) -> list[dict]:
         except Exception as err:  # noqa: BLE001 - one row's failure must not end the run
             row["status"] = _status(err)
         finally:
-            _free(device)
+            _harness.free_memory(device)
         _progress(row)
     return rows
 
