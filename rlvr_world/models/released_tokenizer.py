@@ -106,7 +106,9 @@ _DIFFUSERS_VERSION = "0.27.0"  # the version RLVR-World pins (vid_wm/requirement
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}  # diffusers'
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_COND_DECODER_INIT_RESOLUTION = 32  # CompressiveVQModelFSQ: ConditionalDecoder(init_resolution=32)  "TODO: magic number"
+# hard-coded by the released code (CompressiveVQModelFSQ builds ConditionalDecoder(init_resolution=32); its own
+# comment there calls it a magic number), so reproduced as a constant, not a config field
+_COND_DECODER_INIT_RESOLUTION = 32
 
 
 # ====================================================================== configs

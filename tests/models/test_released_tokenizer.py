@@ -515,7 +515,7 @@ class CompressiveVQModelFSQ(ModelMixin, ConfigMixin):
     def detokenize(self, indices_c, indices_d, context_length: int = 1):
         assert context_length == self.context_length
         future_length = indices_d.shape[1]
-        ctx_res = (32, 40)  # TODO: magic number
+        ctx_res = (32, 40)  # hard-coded in the released code, transcribed as is
         dyn_res = (8, 10)
         B = indices_c.shape[0]
         indices_c = indices_c.reshape(B, -1)
