@@ -82,8 +82,12 @@ def video_reward(
     reduce: str = "mean",
     lpips: torch.nn.Module | None = None,
     impl: str = "auto",
-) -> torch.Tensor:
+    metrics: tuple[str, ...] = (),
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """sum over ``terms`` of coefficient * metric, per sample: [B] (reduced over T for [B, T, ...] frames).
+
+    With ``metrics`` (names in ``TERMS``), returns ``(reward [B], {name: [B]})``: those metrics per sample,
+    reduced over T like the reward, from the same pass (a trainer logs them without computing twice).
 
     >>> pred, true = torch.zeros(4, 2, 3, 16, 16), torch.full((2, 2, 3, 16, 16), 0.5)  # B 4, T 2, G 2
     >>> video_reward(pred, true, {"mae": -1.0, "mse": -2.0}, group_size=2)
@@ -93,14 +97,20 @@ def video_reward(
         raise ValueError(f"terms must map names in {TERMS} to coefficients, got {dict(terms)!r}")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if any(name not in TERMS for name in metrics):
+        raise ValueError(f"metrics must be names in {TERMS}, got {tuple(metrics)!r}")
     frames, true, steps = _as_frames(pred, target, reduce)
-    pixel = [name for name in terms if name != "lpips"]
+    wanted = list(dict.fromkeys([*terms, *metrics]))
+    pixel = [name for name in wanted if name != "lpips"]
     values = frame_metrics(frames, true, group_size, pixel, impl=impl) if pixel else {}
-    if "lpips" in terms:
+    if "lpips" in wanted:
         net = lpips if lpips is not None else _default_lpips(frames.device)
         values["lpips"] = net(frames, true, group_size=group_size)
     total = sum(coef * values[name] for name, coef in terms.items())  # [T*B]
-    return _reduce_steps(total, steps, reduce)
+    reward = _reduce_steps(total, steps, reduce)
+    if not metrics:
+        return reward
+    return reward, {name: _reduce_steps(values[name], steps, reduce) for name in metrics}
 
 
 def weighted(**terms: float) -> Callable[..., torch.Tensor]:
@@ -187,6 +197,15 @@ def ssim(pred, target, *, group_size=1, reduce="mean", lpips=None, impl="auto"):
     """
     return video_reward(pred, target, {"ssim": 1.0}, group_size=group_size, reduce=reduce, impl=impl)
 
+
+# the metric weights of each named reward, for callers that want the reward and its metrics in one pass
+# (``video_reward(pred, target, fn.terms, metrics=...)``)
+neg_mae_lpips.terms = {"mae": -1.0, "lpips": -1.0}
+neg_lpips.terms = {"lpips": -1.0}
+neg_mse.terms = {"mse": -1.0}
+neg_mae.terms = {"mae": -1.0}
+psnr.terms = {"psnr": 1.0}
+ssim.terms = {"ssim": 1.0}
 
 REWARDS: dict[str, Callable[..., torch.Tensor]] = {
     "neg_mae_lpips": neg_mae_lpips,
