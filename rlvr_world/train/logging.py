@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["METRICS_FILE", "MetricLogger", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricLogger", "NullLogger", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -118,3 +118,19 @@ class MetricLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class NullLogger:
+    """MetricLogger's interface doing nothing: the logger of the ranks other than 0 in a distributed run."""
+
+    def log(self, step: int, metrics: Mapping, kind: str = "train") -> dict:
+        return {"step": int(step), "kind": kind, **metrics}
+
+    def write(self, message: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -4,16 +4,22 @@ recipe: logging the train metrics, deciding when an interval is due, writing a c
 A recipe's state object carries ``cfg`` (with ``cfg.train``), ``step``, ``last_saved``, ``last_train``,
 ``out_dir``, ``model``, ``optimizer``, ``scheduler`` and ``logger`` (``train.logging.MetricLogger``); the
 recipe supplies its own ``batch``, ``train_step``, ``evaluate``, ``save_checkpoint`` and ``finish``.
+
+Ctrl-C (SIGINT) does not tear a step in half: the first one lets the current step finish, writes a
+checkpoint and raises ``Interrupted`` (a ``KeyboardInterrupt``) naming it; a second Ctrl-C stops at once.
+A state with an ``agree(flag) -> bool`` method (distributed runs) makes every rank take the same decision.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from . import checkpoint
 
-__all__ = ["due", "log_train", "run_steps", "save_checkpoint"]
+__all__ = ["Interrupted", "due", "log_train", "run_steps", "save_checkpoint"]
 
 
 def due(step: int, every: int, force: bool = False) -> bool:
@@ -39,17 +45,53 @@ def save_checkpoint(s, sampler_seed: int, force: bool = False) -> Path | None:
     return path
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised by ``run_steps`` after a Ctrl-C, once the step in flight has finished and been checkpointed."""
+
+    def __init__(self, step: int, path: Path | None):
+        super().__init__(f"interrupted after step {step}; checkpoint {path}")
+        self.step, self.path = step, path
+
+
+class _DeferredInterrupt:
+    """While active (main thread only), the first SIGINT sets ``requested``; a second raises KeyboardInterrupt."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.requested, self._write, self._previous = False, write, None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._write("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to stop now)")
+
+    def __enter__(self) -> _DeferredInterrupt:  # noqa: PYI034 - typing.Self needs Python 3.11
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run_steps(s, batch: Callable, train_step: Callable, evaluate: Callable, save: Callable, finish: Callable):
     """batch -> train_step -> log -> evaluate -> checkpoint until ``train.steps``; then ``finish(s)``. The logger
-    is closed however the loop ends."""
+    is closed however the loop ends; a Ctrl-C checkpoints the last finished step and raises ``Interrupted``."""
+    agree = getattr(s, "agree", lambda flag: flag)
     try:
-        while s.step < s.cfg.train.steps:
-            metrics = train_step(s, batch(s))
-            s.step += 1
-            s.logger.advance()
-            log_train(s, metrics)
-            evaluate(s)
-            save(s)
+        with _DeferredInterrupt(s.logger.write) as interrupt:
+            while s.step < s.cfg.train.steps:
+                metrics = train_step(s, batch(s))
+                s.step += 1
+                s.logger.advance()
+                log_train(s, metrics)
+                evaluate(s)
+                save(s)
+                if agree(interrupt.requested):
+                    path = save(s, force=True)
+                    s.logger.write(f"interrupted after step {s.step}; resume with train.resume=true")
+                    raise Interrupted(s.step, path)
         return finish(s)
     finally:
         s.logger.close()
