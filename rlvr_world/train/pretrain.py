@@ -76,7 +76,7 @@ from . import checkpoint, loop
 from .logging import MetricLogger
 from .schedule import autocast_dtype, lr_factor
 
-__all__ = ["ClipTokens", "generate_frame", "run"]
+__all__ = ["ClipTokens", "build_lpips", "decode_tokens", "encode_episodes", "generate_frame", "run", "tokenizer_dir"]
 
 ENCODE_BATCH = 64  # frames per tokenizer call while building the token cache
 CLIPS_PER_EPISODE = 4  # training clips per episode per sampler epoch (each with its own random start)
@@ -87,7 +87,7 @@ RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers")  # may
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def _tokenizer_dir(path: str) -> Path:
+def tokenizer_dir(path: str) -> Path:
     """The save_pretrained directory: ``path`` itself, or ``path/tokenizer`` for a tokenizer run directory."""
     p = Path(path)
     if not (p / "config.json").is_file() and (p / "tokenizer" / "config.json").is_file():
@@ -137,15 +137,26 @@ class ClipTokens:
             acts.append(self.actions[episode][idx[: self.n]])
         return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(acts))
 
-    def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pairs(self, step: int, n: int) -> list[tuple[int, int]]:
+        """The (episode, start frame) of the n clips of ``step`` (items step * n .. step * n + n - 1)."""
         size = len(self.sampler)
-        pairs = [self._plan(g // size)[g % size] for g in range(step * n, (step + 1) * n)]
+        return [self._plan(g // size)[g % size] for g in range(step * n, (step + 1) * n)]
+
+    def target_index(self, start: int) -> int:
+        """The frame index of the clip's predicted frame, for a clip starting at ``start``."""
+        return start + self.sampler.frame_skip * self.n
+
+    def gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame_tokens [N, n + 1, F], action_bins [N, n, A]) of the given (episode, start) clips."""
         return self._gather(pairs)
+
+    def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._gather(self.pairs(step, n))
 
     def fixed(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         pairs = self.sampler.plan()[:n]
         frames, acts = self._gather(pairs)
-        targets = [(e, s + self.sampler.frame_skip * self.n) for e, s in pairs]
+        targets = [(e, self.target_index(s)) for e, s in pairs]
         return frames, acts, targets
 
 
@@ -216,7 +227,7 @@ class State:
     t_start: float = field(default_factory=time.perf_counter)
 
 
-def _build_lpips(device: torch.device):
+def build_lpips(device: torch.device):
     """(LPIPS-VGG, None) when its ImageNet weights are present, else (None, the reason it is skipped)."""
     from rlvr_world.models.lpips import LPIPS
 
@@ -245,7 +256,7 @@ def _mean_scores(lpips, pairs, target_frames: torch.Tensor, batch: int) -> dict[
 
 
 @torch.no_grad()
-def _decode(tokenizer: FrameTokenizer, tokens: torch.Tensor, grid: tuple[int, int], batch: int) -> torch.Tensor:
+def decode_tokens(tokenizer: FrameTokenizer, tokens: torch.Tensor, grid: tuple[int, int], batch: int) -> torch.Tensor:
     """tokens [N, F] -> frames [N, 3, H, W] fp32 in (0, 1)."""
     return torch.cat([tokenizer.decode(t.view(-1, *grid)) for t in tokens.split(batch)])
 
@@ -267,8 +278,8 @@ def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, gr
         target.append(images[episode][t])
     target_frames = torch.from_numpy(np.stack(target)).permute(0, 3, 1, 2).contiguous().to(device)
     frames = frames.to(device)
-    decoded = {"copy": _decode(tokenizer, frames[:, -2], grid, tc.batch_size),
-               "recon": _decode(tokenizer, frames[:, -1], grid, tc.batch_size)}
+    decoded = {"copy": decode_tokens(tokenizer, frames[:, -2], grid, tc.batch_size),
+               "recon": decode_tokens(tokenizer, frames[:, -1], grid, tc.batch_size)}
     baseline = _mean_scores(lpips, decoded, target_frames, tc.batch_size)
     baseline["copy_token_match"] = (frames[:, -2] == frames[:, -1]).float().mean().item()
     return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, frames[:, -1], baseline)
@@ -293,7 +304,7 @@ def setup(cfg: C.PretrainRun) -> State:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = autocast_dtype(tc.precision, device)
 
-    tokenizer = FrameTokenizer.from_pretrained(_tokenizer_dir(cfg.tokenizer.checkpoint), device=device)
+    tokenizer = FrameTokenizer.from_pretrained(tokenizer_dir(cfg.tokenizer.checkpoint), device=device)
     tokenizer.float().eval().requires_grad_(False)
     train_ds, val_ds = EpisodeDataset(d.root, "train"), EpisodeDataset(d.root, "val")
     actions_tok = ActionTokenizer.from_meta(d.root, bins=ACTION_BINS)
@@ -311,7 +322,7 @@ def setup(cfg: C.PretrainRun) -> State:
     # a short clip span fails here (ClipSampler), before the cache is built
     ClipSampler(train_ds, d.context_frames, 1, d.clip_stride)
     ClipSampler(val_ds, d.context_frames, 1, d.clip_stride)
-    lpips, lpips_note = _build_lpips(device)
+    lpips, lpips_note = build_lpips(device)
 
     def actions_of(ds):
         return [actions_tok.encode(stride_mean_actions(ds[i]["action"], d.clip_stride)) for i in range(len(ds))]
@@ -419,7 +430,7 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         generated.append(generate_frame(s.model, ids[:, : s.layout.prompt_len], s.layout))
     s.model.train()
     pred_tokens = torch.cat(generated)                                              # [N, F]
-    pred = _decode(s.tokenizer, pred_tokens, s.grid, bs)
+    pred = decode_tokens(s.tokenizer, pred_tokens, s.grid, bs)
     out = {"loss": loss_sum / total, "token_acc": correct / total,
            **_mean_scores(s.lpips, {"pred": pred}, v.target_frames, bs),
            "pred_token_match": (pred_tokens == v.target_tokens).float().mean().item(), **v.baseline,
@@ -453,7 +464,7 @@ def finish(s: State) -> dict:
         "context_frames": lay.context_frames, "action_dims": lay.action_dims, "codebook_size": lay.codebook_size,
         "action_bins": lay.action_bins, "eos": lay.eos, "bos_id": lay.bos_id, "eos_id": lay.eos_id,
         "vocab_size": lay.vocab_size, "clip_stride": s.cfg.data.clip_stride,
-        "tokenizer": str(_tokenizer_dir(s.cfg.tokenizer.checkpoint))}, indent=2) + "\n")
+        "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}, indent=2) + "\n")
     return {"step": s.step, "out_dir": str(s.out_dir), "model_dir": str(model_dir),
             "eval": {k: v for k, v in s.last_eval.items() if k != "step"}, "train": s.last_train,
             "seconds": time.perf_counter() - s.t_start}
