@@ -96,9 +96,28 @@ def _run_pretrain(cfg: C.PretrainRun) -> int:
     return 0
 
 
+def _run_grpo(cfg: C.GRPORun) -> int:
+    """GRPO post-training of a pre-trained world model; the model lands in ``train.out_dir``/model, with report.md."""
+    from .train import grpo
+    from .train.grpo_report import comparison_table
+
+    try:
+        result = grpo.run(cfg)
+    except (FileNotFoundError, ValueError) as e:  # missing data / model / tokenizer, mismatched checkpoint or layout
+        print(f"rlvr-train grpo: error: {e}", file=sys.stderr)
+        return 1
+    if "report" not in result:  # a rank other than 0 of a distributed run
+        return 0
+    print(f"trained {result['step']} GRPO steps in {result['seconds']:.0f} s; model saved to {result['model_dir']}; "
+          f"report: {result['report']}")
+    if result["before"] and result["after"]:
+        print(comparison_table(result["before"], result["after"]))
+    return 0
+
+
 # recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
 AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer,
-                                                      "pretrain": _run_pretrain}
+                                                      "pretrain": _run_pretrain, "grpo": _run_grpo}
 
 
 def _build_parser() -> argparse.ArgumentParser:

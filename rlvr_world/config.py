@@ -294,12 +294,31 @@ class GRPOConfig:
     advantage_scale: Literal["std", "none"] = "std"  # "none": Dr. GRPO (r - mean)
     reward: str = "neg_mae_lpips"  # -(MAE + LPIPS), the paper's video reward
     temperature: float = 1.0
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # 1.0 disables
+    # training samples are drawn from the full distribution: the loss recomputes log-probs over the whole
+    # vocabulary, so a truncated sampler would make old and new log-probs disagree (top_k 0 / top_p 1 only)
+    top_k: int = 0
+    top_p: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward of the update (gradient accumulation)
+    ref_precision: Literal["auto", "fp32", "bf16"] = "auto"  # frozen reference model: auto = bf16 on a GPU
+    logprob_check_every: int = 10  # steps between sampler-vs-trainer log-prob comparisons; 0 never
+    # validation on fixed held-out clips (every train.eval_every steps, at step 0 and at the end)
+    eval_prompts: int = 64  # val clips
+    eval_samples: int = 4  # samples per clip (metrics averaged; same random numbers at every evaluation)
+    eval_top_k: int = 100  # the paper evaluates with top-k 100 sampling; 0 disables
+    eval_temperature: float = 1.0
 
     def check(self, where: str = "grpo") -> None:
         _positive(where, group_size=self.group_size, prompts_per_step=self.prompts_per_step,
-                  mini_batch_prompts=self.mini_batch_prompts, ppo_epochs=self.ppo_epochs)
+                  mini_batch_prompts=self.mini_batch_prompts, ppo_epochs=self.ppo_epochs,
+                  micro_batch_size=self.micro_batch_size, eval_prompts=self.eval_prompts,
+                  eval_samples=self.eval_samples)
+        _non_negative(where, logprob_check_every=self.logprob_check_every, eval_top_k=self.eval_top_k)
+        if self.top_k != 0 or self.top_p != 1.0:
+            raise ValueError(f"{where}.top_k must be 0 and {where}.top_p 1.0 for training samples (the loss "
+                             f"recomputes log-probs over the full vocabulary), got top_k={self.top_k!r} "
+                             f"top_p={self.top_p!r}; {where}.eval_top_k sets validation sampling")
+        if not self.eval_temperature > 0:
+            raise ValueError(f"{where}.eval_temperature must be > 0, got {self.eval_temperature!r}")
         if self.group_size < 2:
             raise ValueError(f"{where}.group_size must be >= 2 (advantages are relative within a group), "
                              f"got {self.group_size}")
@@ -427,6 +446,7 @@ class GRPORun(RunConfig):
         lr=1e-5, warmup_steps=0, schedule="constant", weight_decay=0.0, steps=1000, eval_every=50,
         checkpoint_every=100, out_dir="runs/grpo"))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass

@@ -1,0 +1,235 @@
+"""rlvr-train grpo (rlvr_world.train.grpo): smoke run with its report, exact resume, the log-prob contract,
+accumulation invariance, skipped non-finite updates, Ctrl-C, 2 gloo ranks = 1 rank, errors, CLI wiring.
+
+Assets: tiny episodes of moving coloured squares (16x16, 2-dim actions), a random ``tiny`` frame tokenizer
+(125 codes, 4x4 tokens per frame) and a world model pre-trained for a few steps by ``rlvr-train pretrain``
+(so that its run directory has the ``model/`` + ``layout.json`` the GRPO recipe starts from). The reward is
+``neg_mae`` unless a test says otherwise (no LPIPS weights needed).
+"""
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rlvr_world import cli
+from rlvr_world import config as C
+from rlvr_world.models.transformer import Transformer
+from rlvr_world.train import checkpoint, loop, pretrain
+from rlvr_world.train import grpo as recipe
+from rlvr_world.train.logging import read_metrics
+
+from .test_pretrain_recipe import _one_thread, assets  # noqa: F401 - fixtures: one thread, squares + tokenizer
+
+
+@pytest.fixture(scope="module")
+def pretrained(assets, tmp_path_factory):  # noqa: F811
+    root, tok = assets
+    out = tmp_path_factory.mktemp("pretrained")
+    cfg = C.load_config("pretrain", overrides=[
+        f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out}", "data.context_frames=2",
+        "data.clip_stride=1", "model.name=vwm-tiny", "model.overrides={dim: 32, n_layers: 2, intermediate_size: 64}",
+        "train.batch_size=4", "train.steps=6", "train.lr=3e-3", "train.eval_every=0", "train.eval_batches=1",
+        "train.checkpoint_every=0", "progress=false"])
+    pretrain.run(cfg)
+    return out
+
+
+def _cfg(assets, pretrained, out_dir, *overrides):  # noqa: F811
+    root, _ = assets
+    return C.load_config("grpo", overrides=[
+        f"data.root={root}", f"model.init_from={pretrained}", f"train.out_dir={out_dir}", "data.context_frames=2",
+        "data.clip_stride=1", "grpo.reward=neg_mae", "grpo.group_size=4", "grpo.prompts_per_step=4",
+        "grpo.mini_batch_prompts=2", "grpo.micro_batch_size=4", "grpo.eval_prompts=4", "grpo.eval_samples=2",
+        "train.steps=3", "train.lr=1e-3", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
+        "progress=false", *overrides])
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_smoke_run_writes_model_metrics_and_report(assets, pretrained, tmp_path):  # noqa: F811
+    result = recipe.run(_cfg(assets, pretrained, tmp_path / "run"))
+    out = tmp_path / "run"
+    assert result["step"] == 3
+    train = read_metrics(out, "train")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for key in ("reward_mean", "reward_std", "mae", "kl_mean", "clip_frac_low", "grad_norm", "tokens_per_sec",
+                "time_rollout", "time_decode", "time_reward", "time_reference", "time_update"):
+        assert train[-1][key] is not None, key
+    assert [r["step"] for r in read_metrics(out, "eval")] == [0, 2, 3]
+    assert result["before"]["reward"] == read_metrics(out, "eval")[0]["reward"]
+    report = (out / "report.md").read_text()
+    assert "validation reward" in report and "| reward (higher is better) |" in report
+    for png in ("curves_train.png", "curves_eval.png", "samples.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
+    model = Transformer.from_pretrained(out / "model")
+    assert json.loads((out / "model" / "layout.json").read_text())["layout"] == "single_step"
+    assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                      Transformer.from_pretrained(pretrained / "model").state_dict().values()))
+
+
+def test_resume_is_bit_exact(assets, pretrained, tmp_path):  # noqa: F811
+    straight = recipe.run(_cfg(assets, pretrained, tmp_path / "a", "train.steps=4"))
+    recipe.run(_cfg(assets, pretrained, tmp_path / "b", "train.steps=2"))
+    resumed = recipe.run(_cfg(assets, pretrained, tmp_path / "b", "train.steps=4", "train.resume=true"))
+    assert resumed["step"] == straight["step"] == 4
+    a, b = (Transformer.from_pretrained(tmp_path / r / "model").state_dict() for r in ("a", "b"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma, mb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
+    assert [r["reward_mean"] for r in ma] == [r["reward_mean"] for r in mb]
+    assert resumed["before"] == straight["before"]  # the step-0 evaluation travels in the checkpoint
+
+
+def test_sampler_logprobs_equal_the_trainers_recompute(assets, pretrained, tmp_path):  # noqa: F811
+    s = recipe.setup(_cfg(assets, pretrained, tmp_path / "run", "grpo.micro_batch_size=16"))
+    b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
+    check = recipe._logprob_check(s, b)
+    assert check["logprob_max_abs_diff"] < 1e-5 and check["logprob_frac_off"] == 0.0
+    # before any update the reference policy is the policy: k3 KL of every token is 0
+    assert torch.allclose(b.ref_logp[b.rollout.mask], b.rollout.logprobs[b.rollout.mask], atol=1e-5)
+    s.logger.close()
+
+
+def _one_update(assets, pretrained, out_dir, *overrides):  # noqa: F811
+    s = recipe.setup(_cfg(assets, pretrained, out_dir, *overrides))
+    b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
+    stats = recipe.update(s, b)
+    s.logger.close()
+    return s, stats
+
+
+def test_micro_batching_does_not_change_the_update(assets, pretrained, tmp_path):  # noqa: F811
+    s1, st1 = _one_update(assets, pretrained, tmp_path / "a", "grpo.micro_batch_size=1", "grpo.mini_batch_prompts=4")
+    s8, st8 = _one_update(assets, pretrained, tmp_path / "b", "grpo.micro_batch_size=16", "grpo.mini_batch_prompts=4")
+    assert st1["updates"] == st8["updates"] == 1
+    assert abs(st1["loss"] - st8["loss"]) < 1e-6 and abs(st1["grad_norm"] - st8["grad_norm"]) < 1e-5
+    p1, p8 = _params(s1.model), _params(s8.model)
+    assert max((p1[k] - p8[k]).abs().max().item() for k in p1) < 1e-6
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step(assets, pretrained, tmp_path):  # noqa: F811
+    s = recipe.setup(_cfg(assets, pretrained, tmp_path / "run"))
+    b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
+    b.advantages[:] = float("nan")
+    before = _params(s.model)
+    stats = recipe.update(s, b)
+    s.logger.close()
+    assert stats["skipped_updates"] == stats["updates"] == 2  # both mini-batches
+    after = _params(s.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ctrl_c_finishes_the_step_and_checkpoints(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
+    real = recipe.train_step
+
+    def interrupted_step(s, *a):
+        metrics = real(s, *a)
+        if s.step == 1:  # the second step: Ctrl-C arrives in the middle of it
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(recipe, "train_step", interrupted_step)
+    cfg = _cfg(assets, pretrained, tmp_path / "run", "train.steps=4", "train.checkpoint_every=0")
+    with pytest.raises(loop.Interrupted) as info:
+        recipe.run(cfg)
+    assert info.value.step == 2 and checkpoint.latest(tmp_path / "run").name == "step_0000002"
+    monkeypatch.setattr(recipe, "train_step", real)
+    assert recipe.run(_cfg(assets, pretrained, tmp_path / "run", "train.steps=3", "train.resume=true"))["step"] == 3
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.init_from=null"], "model.init_from is required"),
+    (["data.context_frames=3"], "data.context_frames=3 does not match the pre-trained model's context_frames=2"),
+    (["grpo.prompts_per_step=4", "grpo.mini_batch_prompts=3"], "mini_batch_prompts must divide"),
+    (["grpo.reward=bleu"], "grpo.reward must be one of"),
+])
+def test_bad_configs_fail_before_any_work(assets, pretrained, tmp_path, overrides, match):  # noqa: F811
+    with pytest.raises(ValueError, match=match):
+        recipe.run(_cfg(assets, pretrained, tmp_path / "run", *overrides))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_truncated_training_samples_are_refused():
+    with pytest.raises(ValueError, match="grpo.top_k must be 0"):
+        C.load_config("grpo", overrides=["grpo.top_k=50"])
+
+
+def test_an_lpips_reward_without_weights_is_a_clear_error(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(recipe, "build_lpips", lambda device: (None, "skipped: no ImageNet VGG16 LPIPS weights"))
+    with pytest.raises(ValueError, match="needs LPIPS"):
+        recipe.run(_cfg(assets, pretrained, tmp_path / "run", "grpo.reward=neg_mae_lpips"))
+
+
+def test_existing_checkpoints_need_resume(assets, pretrained, tmp_path):  # noqa: F811
+    recipe.run(_cfg(assets, pretrained, tmp_path / "run", "train.steps=1"))
+    with pytest.raises(ValueError, match="train.resume=true"):
+        recipe.run(_cfg(assets, pretrained, tmp_path / "run", "train.steps=2"))
+
+
+def test_cli_runs_grpo_and_prints_the_comparison(assets, pretrained, tmp_path, capsys):  # noqa: F811
+    root, _ = assets
+    args = ["grpo", f"data.root={root}", f"model.init_from={pretrained / 'model'}", f"train.out_dir={tmp_path / 'run'}",
+            "data.context_frames=2", "data.clip_stride=1", "grpo.reward=neg_mae", "grpo.group_size=2",
+            "grpo.prompts_per_step=2", "grpo.mini_batch_prompts=2", "grpo.eval_prompts=2", "train.steps=1",
+            "progress=false"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 GRPO steps" in out and "| reward (higher is better) |" in out
+
+
+# ------------------------------------------------------------------------------------------- 2 gloo ranks
+def _grads_of_one_update(cfg) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss and the gradients of the first optimizer step of ``cfg``'s first RL step (the step is not taken)."""
+    s = recipe.setup(cfg)
+    b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
+    grads = {}
+
+    def capture():
+        grads.update({n: p.grad.detach().clone() for n, p in s.model.named_parameters()})
+        raise StopIteration
+
+    s.optimizer.step = capture
+    with pytest.raises(StopIteration):
+        recipe.update(s, b)
+    s.logger.close()
+    return grads
+
+
+def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = C.from_dict("grpo", cfg_dict)
+    try:
+        grads = _grads_of_one_update(cfg)
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        from rlvr_world.train import distributed
+
+        distributed.shutdown()
+
+
+def test_two_gloo_ranks_give_the_gradient_of_one(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
+    # one mini-batch of all 4 prompts: each rank holds 2 prompts x 4 samples, 2 micro-batches of 4 sequences
+    cfg = _cfg(assets, pretrained, tmp_path / "one", "grpo.mini_batch_prompts=4", "grpo.kl_coef=1e-3")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    single = _grads_of_one_update(cfg)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = C.to_dict(cfg)
+    two["train"]["out_dir"] = str(tmp_path / "two")
+    mp.spawn(_rank_main, args=(2, port, two, str(tmp_path / "grads.pt")), nprocs=2, join=True)
+    double = torch.load(tmp_path / "grads.pt")
+    worst = max((single[k] - double[k]).abs().max().item() for k in single)
+    assert worst < 1e-5, worst
+    assert max(g.abs().max().item() for g in single.values()) > 1e-4  # the comparison is not between zeros
