@@ -313,6 +313,8 @@ class GRPOConfig:
                   micro_batch_size=self.micro_batch_size, eval_prompts=self.eval_prompts,
                   eval_samples=self.eval_samples)
         _non_negative(where, logprob_check_every=self.logprob_check_every, eval_top_k=self.eval_top_k)
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k != 0 or self.top_p != 1.0:
             raise ValueError(f"{where}.top_k must be 0 and {where}.top_p 1.0 for training samples (the loss "
                              f"recomputes log-probs over the full vocabulary), got top_k={self.top_k!r} "
@@ -486,16 +488,85 @@ def _collect_sim_64() -> CollectRun:
                                       workers=2))
 
 
-def _collect_smoke() -> CollectRun:
-    """A few short episodes of one task: checks the simulator set-up in seconds."""
-    return CollectRun(data=DataConfig(root="data/smoke", tasks=["drawer-open"], episodes_per_task=4,
-                                      image_size=32, max_steps=20, frame_skip=2, workers=1))
+def _grpo_rt1() -> GRPORun:
+    """The paper's RT-1 single-step GRPO: 4 context frames of 16x20 tokens, G 16, 128 prompts per step in
+    mini-batches of 32, AdamW lr 5e-5 constant, weight decay 0.01, clip 0.2, dual clip 3, k3 KL 1e-3, grad clip
+    1.0, one PPO epoch, reward -(MAE + LPIPS). ``model.init_from``: your pre-trained RT-1 world model."""
+    return GRPORun(
+        data=DataConfig(root="data/rt1", context_frames=4, future_frames=1, clip_stride=1),
+        tokenizer=TokenizerConfig(kind="frame", name="rt1"),
+        model=ModelConfig(name="vwm-s", init_from="runs/pretrain_rt1"),
+        train=TrainConfig(lr=5e-5, warmup_steps=0, schedule="constant", weight_decay=0.01, betas=[0.9, 0.999],
+                          grad_clip=1.0, steps=1000, eval_every=50, checkpoint_every=50, log_every=1,
+                          out_dir="runs/grpo_rt1"),
+        grpo=GRPOConfig(group_size=16, prompts_per_step=128, mini_batch_prompts=32, ppo_epochs=1, clip_low=0.2,
+                        clip_high=0.2, clip_c=3.0, kl_coef=1e-3, reward="neg_mae_lpips", micro_batch_size=32,
+                        eval_prompts=256, eval_samples=1, eval_top_k=100))
+
+
+# the quick start's sizes (train.quickstart): all four stages under runs/<size>/, 64x64 drawer episodes,
+# the sim-64 tokenizer (8x8 tokens), vwm-tiny with 2 context frames 2 stored frames apart
+QUICK = {
+    #            episodes/task  env steps  tokenizer steps  pretrain steps  grpo steps  prompts  group
+    "quickstart": dict(episodes=50, max_steps=100, tokenizer_steps=400, pretrain_steps=1200, grpo_steps=30,
+                       prompts=8, group=8, eval_prompts=64),
+    "smoke": dict(episodes=6, max_steps=60, tokenizer_steps=120, pretrain_steps=250, grpo_steps=8,
+                  prompts=4, group=8, eval_prompts=16),
+}
+
+
+def _quick_data(size: str) -> DataConfig:
+    q = QUICK[size]
+    return DataConfig(root=f"runs/{size}/data", tasks=["drawer-open", "drawer-close"], episodes_per_task=q["episodes"],
+                      image_size=64, max_steps=q["max_steps"], frame_skip=2, workers=2, context_frames=2,
+                      clip_stride=2)
+
+
+def _collect_quick(size: str) -> CollectRun:
+    return CollectRun(data=_quick_data(size))
+
+
+def _tokenizer_quick(size: str) -> TokenizerRun:
+    steps = QUICK[size]["tokenizer_steps"]
+    return TokenizerRun(
+        data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64", lpips_weight=0.0),
+        train=TrainConfig(lr=1e-3, warmup_steps=min(50, steps // 4), schedule="cosine", min_lr_ratio=0.1,
+                          betas=[0.9, 0.99], batch_size=8, steps=steps, eval_every=0, eval_batches=4,
+                          checkpoint_every=100, keep_checkpoints=1, out_dir=f"runs/{size}/tokenizer", resume=True))
+
+
+def _pretrain_quick(size: str) -> PretrainRun:
+    steps = QUICK[size]["pretrain_steps"]
+    return PretrainRun(
+        data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64",
+                                                          checkpoint=f"runs/{size}/tokenizer"),
+        model=ModelConfig(name="vwm-tiny"),
+        train=TrainConfig(lr=1e-3, warmup_steps=min(50, steps // 4), schedule="cosine", min_lr_ratio=0.1,
+                          weight_decay=0.01, batch_size=16, steps=steps, eval_every=0, eval_batches=4,
+                          checkpoint_every=200, keep_checkpoints=1, out_dir=f"runs/{size}/pretrain", resume=True,
+                          token_noise=0.1))
+
+
+def _grpo_quick(size: str) -> GRPORun:
+    q = QUICK[size]
+    return GRPORun(
+        data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64"),
+        model=ModelConfig(name="vwm-tiny", init_from=f"runs/{size}/pretrain"),
+        train=TrainConfig(lr=1e-4, schedule="constant", betas=[0.9, 0.999], grad_clip=1.0, steps=q["grpo_steps"],
+                          eval_every=max(1, q["grpo_steps"] // 3), checkpoint_every=10, keep_checkpoints=1,
+                          log_every=1, out_dir=f"runs/{size}/grpo", resume=True),
+        grpo=GRPOConfig(group_size=q["group"], prompts_per_step=q["prompts"], mini_batch_prompts=q["prompts"],
+                        kl_coef=1e-3, reward="neg_mae_lpips", micro_batch_size=64, eval_prompts=q["eval_prompts"],
+                        eval_samples=4, eval_top_k=100))
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "collect-sim-64": _collect_sim_64,
-    "collect-smoke": _collect_smoke,
-    "smoke": _collect_smoke,
+    "grpo-rt1": _grpo_rt1,
+    **{f"{stage}-{size}": (lambda make=make, size=size: make(size))
+       for size in QUICK
+       for stage, make in (("collect", _collect_quick), ("tokenizer", _tokenizer_quick),
+                           ("pretrain", _pretrain_quick), ("grpo", _grpo_quick))},
 }
 
 
@@ -519,6 +590,8 @@ def load_config(recipe: str, path: str | Path | None = None, overrides: Iterable
     if preset is None:
         config = cls()
     else:
+        if preset not in PRESETS and f"{recipe}-{preset}" in PRESETS:
+            preset = f"{recipe}-{preset}"  # the short name: --preset smoke on grpo is grpo-smoke
         if preset not in PRESETS:
             names = ", ".join(presets_for(recipe)) or "none"
             raise ValueError(f"unknown preset {preset!r}; presets of {recipe}: {names}")

@@ -16,8 +16,8 @@ from rlvr_world import config as C
 from rlvr_world.data import sim
 
 SHIPPED = Path(C.__file__).parent / "configs" / "collect_sim64.yaml"
-AVAILABLE = ["collect", "tokenizer", "pretrain"]  # the tokenizer and pretrain recipes' own tests are in tests/train
-UNAVAILABLE = ["grpo", "eval", "real2sim"]
+AVAILABLE = ["collect", "tokenizer", "pretrain", "grpo"]  # the training recipes' own tests are in tests/train
+UNAVAILABLE = ["eval", "real2sim"]
 
 
 @pytest.fixture
@@ -43,12 +43,24 @@ def test_help_lists_every_recipe(capsys):
         line = next(ln for ln in lines if ln.strip().startswith(recipe + " "))
         assert C.RECIPES[recipe].summary in line  # one line each
         assert ("not available yet" in line) == (recipe in UNAVAILABLE)
-    assert "collect-sim-64" in out  # presets are listed too
+    assert "collect-sim-64" in out and "grpo-rt1" in out  # presets are listed too
+    assert "quick start" in out and "--smoke" in out
 
 
-def test_no_arguments_prints_help_and_exits_2(capsys):
-    assert cli.main([]) == 2
-    assert "usage: rlvr-train" in capsys.readouterr().out
+@pytest.mark.parametrize(("argv", "size"), [([], "quickstart"), (["--smoke"], "smoke")])
+def test_no_recipe_runs_the_quick_start(argv, size, monkeypatch):
+    from rlvr_world.train import quickstart
+
+    calls = []
+    monkeypatch.setattr(quickstart, "run", lambda s, runners: calls.append((s, runners)) or 0)
+    assert cli.main(argv) == 0
+    assert calls == [(size, cli.AVAILABLE)]
+
+
+def test_smoke_with_a_recipe_is_a_usage_error(capsys, fake_collect):
+    assert cli.main(["--smoke", "collect"]) == 2
+    assert "--smoke goes without a recipe" in capsys.readouterr().err
+    assert not fake_collect
 
 
 def test_recipe_help_lists_the_config_options(capsys):
@@ -82,7 +94,7 @@ def test_print_config_round_trips(capsys, tmp_path, fake_collect):
 
 def test_print_config_with_preset(capsys):
     assert cli.main(["collect", "--preset", "smoke", "--print-config"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["data"] == C.to_dict(C.PRESETS["smoke"]())["data"]
+    assert yaml.safe_load(capsys.readouterr().out)["data"] == C.to_dict(C.PRESETS["collect-smoke"]())["data"]
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -131,6 +143,6 @@ def test_runs_as_a_module():
                           check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "collect" in proc.stdout and "real2sim" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "rlvr_world.cli", "grpo"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "rlvr_world.cli", "eval"], capture_output=True, text=True,
                           check=False, timeout=120)
     assert proc.returncode == 2 and "not available yet in this version" in proc.stderr

@@ -181,18 +181,29 @@ def test_presets():
     cfg = C.load_config("collect", preset="collect-sim-64")
     assert cfg == C.PRESETS["collect-sim-64"]()
     assert cfg.data.image_size == 64 and cfg.data.tasks == ["drawer-open", "drawer-close"]
-    smoke = C.load_config("collect", preset="smoke", overrides=["data.episodes_per_task=2"])
-    assert smoke.data.episodes_per_task == 2 and smoke.data.tasks == ["drawer-open"]
-    assert C.PRESETS["smoke"]().data.episodes_per_task == 4  # a preset is a fresh object every time
+    smoke = C.load_config("collect", preset="smoke", overrides=["data.episodes_per_task=2"])  # = collect-smoke
+    assert smoke.data.episodes_per_task == 2 and smoke.data.root == "runs/smoke/data"
+    assert C.PRESETS["collect-smoke"]().data.episodes_per_task == C.QUICK["smoke"]["episodes"]  # a fresh object
+    assert C.load_config("grpo", preset="smoke") == C.PRESETS["grpo-smoke"]()  # the recipe's own short name
     assert "collect-sim-64" in C.presets_for("collect")
+    assert C.presets_for("grpo") == ["grpo-quickstart", "grpo-rt1", "grpo-smoke"]
     for name, make in C.PRESETS.items():
         cfg = make()
         cfg.check()
         assert C.load_config(cfg.recipe, preset=name) == cfg
-    with pytest.raises(ValueError, match="unknown preset 'nope'; presets of collect: collect-sim-64"):
+    with pytest.raises(ValueError, match="unknown preset 'nope'; presets of collect: collect-quickstart, collect-sim-64"):
         C.load_config("collect", preset="nope")
-    with pytest.raises(ValueError, match="preset 'smoke' is a 'collect' config, not 'grpo'"):
-        C.load_config("grpo", preset="smoke")
+    with pytest.raises(ValueError, match="preset 'collect-smoke' is a 'collect' config, not 'grpo'"):
+        C.load_config("grpo", preset="collect-smoke")
+
+
+def test_the_paper_rt1_grpo_preset():
+    cfg = C.PRESETS["grpo-rt1"]()
+    g, t = cfg.grpo, cfg.train
+    assert (g.group_size, g.prompts_per_step, g.mini_batch_prompts, g.ppo_epochs) == (16, 128, 32, 1)
+    assert (g.clip_low, g.clip_high, g.clip_c, g.kl_coef, g.reward) == (0.2, 0.2, 3.0, 1e-3, "neg_mae_lpips")
+    assert (t.lr, t.schedule, t.weight_decay, t.grad_clip) == (5e-5, "constant", 0.01, 1.0)
+    assert cfg.data.context_frames == 4 and g.eval_top_k == 100
 
 
 def test_defaults_are_not_shared_between_instances():
