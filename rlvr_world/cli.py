@@ -103,7 +103,7 @@ def _run_pretrain(cfg: C.PretrainRun) -> int:
 def _run_grpo(cfg: C.GRPORun) -> int:
     """GRPO post-training of a pre-trained world model; the model lands in ``train.out_dir``/model, with report.md."""
     from .train import grpo
-    from .train.grpo_report import comparison_table
+    from .train.grpo_report import comparison_table, paired_change
 
     try:
         result = grpo.run(cfg)
@@ -114,8 +114,13 @@ def _run_grpo(cfg: C.GRPORun) -> int:
         return 0
     print(f"trained {result['step']} GRPO steps in {result['seconds']:.0f} s; model saved to {result['model_dir']}; "
           f"report: {result['report']}")
-    if result["before"] and result["after"]:
-        print(comparison_table(result["before"], result["after"]))
+    before, after = result["before"], result["after"]
+    if before and after:
+        print(comparison_table(before, after))
+        paired = paired_change(before.get("clip_rewards"), after.get("clip_rewards"))
+        if paired:
+            print(f"validation reward change, paired over {paired['clips']} held-out clips: {paired['mean']:+.4f} ± "
+                  f"{paired['sem']:.4f} (mean ± s.e., {paired['z']:+.1f} s.e.), higher on {paired['improved']} clips")
     return 0
 
 

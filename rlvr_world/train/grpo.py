@@ -286,7 +286,9 @@ def _frames(s: State, tokens: torch.Tensor, last_frame: torch.Tensor, group: int
     """Sampled frame tokens [P*G, F] -> (decoded frames [P*G, 3, H, W], invalid-token share [P*G])."""
     invalid = tokens >= s.layout.codebook_size                                      # [P*G, F]
     codes = torch.where(invalid, last_frame.repeat_interleave(group, dim=0), tokens)
-    return decode_tokens(s.tokenizer, codes, s.grid, 256), invalid.float().mean(dim=1)
+    with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
+        frames = decode_tokens(s.tokenizer, codes, s.grid, 256)                     # bf16 on a GPU
+    return frames.float().clamp(0, 1), invalid.float().mean(dim=1)
 
 
 def decode(s: State, b: Batch) -> Batch:
@@ -462,10 +464,11 @@ def evaluate(s: State, force: bool = False) -> dict | None:
                "invalid_token_frac": invalid.mean().item(), "clips": len(v["prompts"]), "samples": S,
                **{f"copy_{k}": x.mean().item() for k, x in v["copy"].items()}}
         s.samples["before" if s.step == 0 else "after"] = frames[::S].cpu()
+        s.logger.log(s.step, out, kind="eval")
+        out["clip_rewards"] = reward.view(-1, S).mean(dim=1).tolist()  # [clips]: for paired before/after statistics
         if s.step == 0 and not s.before:
             s.before = dict(out)
         s.last_eval = {"step": s.step, **out}
-        s.logger.log(s.step, out, kind="eval")
         lp = f" lpips {out['lpips']:.4f}" if "lpips" in out else ""
         s.logger.write(f"step {s.step}: val reward {out['reward']:.4f} | mae {out['mae']:.4f} psnr {out['psnr']:.2f} "
                        f"ssim {out['ssim']:.4f}{lp} (copy baseline mae {out['copy_mae']:.4f})")

@@ -17,7 +17,7 @@ from rlvr_world.eval.report import Report, frame_grid, markdown_table, plot_curv
 from .logging import read_metrics
 from .pretrain import decode_tokens
 
-__all__ = ["HIGHER_IS_BETTER", "write_report"]
+__all__ = ["HIGHER_IS_BETTER", "comparison_table", "paired_change", "write_report"]
 
 HIGHER_IS_BETTER = {"reward": True, "mae": False, "mse": False, "psnr": True, "ssim": True, "lpips": False}
 TRAIN_CURVES = ["reward_mean", "mae", "lpips", "kl_mean", "clip_frac_low", "clip_frac_high", "grad_norm",
@@ -39,6 +39,19 @@ def _comparison(before: dict, after: dict) -> list[dict]:
     return rows
 
 
+def paired_change(before: list[float] | None, after: list[float] | None) -> dict | None:
+    """Mean, standard error, z and count of improved clips of the per-clip change after - before (None when
+    either side is missing or the clip counts differ, e.g. a resumed run with another eval size)."""
+    if not before or not after or len(before) != len(after) or len(before) < 2:
+        return None
+    diffs = [a - b for a, b in zip(after, before)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sem = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
+    return {"mean": mean, "sem": sem, "z": mean / sem if sem > 0 else 0.0, "clips": n,
+            "improved": sum(d > 0 for d in diffs)}
+
+
 def write_report(s, result: dict) -> Path:
     """Write the report of the finished run ``s`` (a ``train.grpo.State``); returns the report's path."""
     out, cfg = s.out_dir, s.cfg
@@ -56,6 +69,11 @@ def write_report(s, result: dict) -> Path:
         rep.text(f"**On {after['clips']} held-out clips x {after['samples']} samples (top-k {g.eval_top_k}), the "
                  f"rewarded metric {verdict}: validation reward {before['reward']:.4f} -> {after['reward']:.4f} "
                  f"({gain:+.4f}).**")
+        paired = paired_change(before.get("clip_rewards"), after.get("clip_rewards"))
+        if paired:
+            rep.text(f"Paired over the clips (the same clips and random numbers before and after): reward change "
+                     f"{paired['mean']:+.4f} ± {paired['sem']:.4f} (mean ± standard error, {paired['z']:+.1f} standard "
+                     f"errors); higher on {paired['improved']} of {paired['clips']} clips.")
         rep.table(_comparison(before, after), ["metric", "pre-trained", "after GRPO", "change", "better",
                                                "copy last frame"])
     else:

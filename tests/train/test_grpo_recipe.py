@@ -66,6 +66,7 @@ def test_smoke_run_writes_model_metrics_and_report(assets, pretrained, tmp_path)
     assert result["before"]["reward"] == read_metrics(out, "eval")[0]["reward"]
     report = (out / "report.md").read_text()
     assert "validation reward" in report and "| reward (higher is better) |" in report
+    assert "Paired over the clips" in report and len(result["after"]["clip_rewards"]) == 4
     for png in ("curves_train.png", "curves_eval.png", "samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     model = Transformer.from_pretrained(out / "model")
@@ -154,6 +155,15 @@ def test_bad_configs_fail_before_any_work(assets, pretrained, tmp_path, override
     with pytest.raises(ValueError, match=match):
         recipe.run(_cfg(assets, pretrained, tmp_path / "run", *overrides))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_paired_change_statistics():
+    from rlvr_world.train.grpo_report import paired_change
+
+    p = paired_change([0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, -2.0])
+    assert p["mean"] == 1.0 and p["improved"] == 3 and p["clips"] == 4
+    assert abs(p["sem"] - (14 / 3 / 4) ** 0.5) < 1e-12 and abs(p["z"] - 1.0 / (14 / 3 / 4) ** 0.5) < 1e-12
+    assert paired_change([0.0, 1.0], [0.0]) is None and paired_change(None, [1.0, 2.0]) is None
 
 
 def test_truncated_training_samples_are_refused():
