@@ -243,3 +243,14 @@ def test_two_gloo_ranks_give_the_gradient_of_one(assets, pretrained, tmp_path, m
     worst = max((single[k] - double[k]).abs().max().item() for k in single)
     assert worst < 1e-5, worst
     assert max(g.abs().max().item() for g in single.values()) > 1e-4  # the comparison is not between zeros
+
+
+def test_shipped_config_continues_the_shipped_pretraining():
+    from pathlib import Path
+
+    configs = Path(C.__file__).parent / "configs"
+    path = configs / "grpo_sim64.yaml"
+    assert path.read_text().splitlines()[0] == f"# rlvr-train grpo --config rlvr_world/configs/{path.name}"
+    cfg, pre = C.load_config("grpo", path), C.load_config("pretrain", configs / "pretrain_sim64.yaml")
+    assert cfg.model.init_from == pre.train.out_dir and cfg.data.root == pre.data.root
+    assert (cfg.data.context_frames, cfg.data.clip_stride) == (pre.data.context_frames, pre.data.clip_stride)
