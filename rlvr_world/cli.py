@@ -93,8 +93,9 @@ def _run_pretrain(cfg: C.PretrainRun) -> int:
         return 1
     ev = result["eval"]
     lp = {k: f" lpips {ev[f'{k}_lpips']:.4f}" if f"{k}_lpips" in ev else "" for k in ("pred", "copy")}
+    what = f"{ev['future_frames']} predicted frames" if ev.get("future_frames", 1) > 1 else "next frame"
     print(f"trained {result['step']} steps in {result['seconds']:.0f} s; val loss {ev['loss']:.4f} token acc "
-          f"{ev['token_acc']:.3f}; next frame psnr {ev['pred_psnr']:.2f} ssim {ev['pred_ssim']:.4f} mae "
+          f"{ev['token_acc']:.3f}; {what} psnr {ev['pred_psnr']:.2f} ssim {ev['pred_ssim']:.4f} mae "
           f"{ev['pred_mae']:.4f}{lp['pred']} (copy baseline psnr {ev['copy_psnr']:.2f} ssim {ev['copy_ssim']:.4f} "
           f"mae {ev['copy_mae']:.4f}{lp['copy']}); model saved to {result['model_dir']}")
     return 0

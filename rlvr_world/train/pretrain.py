@@ -1,16 +1,21 @@
-"""``rlvr-train pretrain``: the single-step video world model, trained by next-token cross-entropy on the target
-frame's tokens (the paper's pre-training stage, before GRPO).
+"""``rlvr-train pretrain``: the single-step or multi-step video world model, trained by next-token cross-entropy on
+the future frames' tokens (the paper's pre-training stage, before GRPO).
 
 The recipe is a short lifecycle (torchtune's): ``setup`` (frame tokenizer, token cache, layout, model,
 optimizer, LPIPS, resume) -> a loop of named stages (``batch`` -> ``train_step`` -> log -> ``evaluate`` ->
 ``save_checkpoint``; ``train.loop``) -> ``finish`` (final eval, checkpoint, ``Transformer.save_pretrained(out_dir/"model")``
-in the HF layout + the resolved config + ``layout.json``).
+in the HF layout + the resolved config + ``layout.json``: ``"layout": "single_step"`` or ``"multi_step"`` with
+the layout's fields).
 
 Choices:
 
-* **Sequences**: ``data.context_frames`` frames with their actions, BOS, the next frame, EOS
-  (``data.video_layout.SingleStepLayout``); ``tokens_per_frame`` and the codebook size come from the frame
-  tokenizer, the action dims from ``meta.json``, actions binned into 256 bins by
+* **Sequences**: ``data.future_frames = 1`` (single-step): ``data.context_frames`` frames with their actions,
+  BOS, the next frame, EOS (``data.video_layout.SingleStepLayout``). ``data.future_frames = S > 1``
+  (multi-step, ``MultiStepLayout``): the context frames with their actions, BOS, then S steps of (frame codes,
+  that frame's action tokens); one frame tokenizer codes context and future frames, the context codes offset
+  by K (vocab = 2K + 256 + 2), and the response's action tokens are given (teacher actions: labels -100,
+  never predicted), so a clip has n + S frames and n + S actions. ``tokens_per_frame`` and the codebook size
+  K come from the frame tokenizer, the action dims from ``meta.json``, actions binned into 256 bins by
   ``ActionTokenizer.from_meta(data.root)``. The model is ``ModelArgs.from_name(model.name,
   vocab_size=layout.vocab_size, **model.overrides)`` (or ``model.init_from``, an HF-layout directory whose
   vocabulary must match); its ``max_seq_len`` must cover prompt + response (a ValueError says so).
@@ -28,11 +33,13 @@ Choices:
   ``clips_per_episode`` = ``CLIPS_PER_EPISODE``), position ``g % len(sampler)``. The batch depends only on
   (train.seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
 * **Loss**: the mean cross-entropy over the target positions (labels != -100: the next frame's codes and
-  EOS). Only those positions go through the LM head (the prompt's logits are never formed). AdamW, linear
-  warm-up + cosine/constant LR (``train.schedule``), grad-norm clipping, ``grad_accum`` micro-batches,
-  bf16 autocast on a GPU that supports it (``train.precision="auto"``), fp32 on the CPU.
-* **Token noise** (``train.token_noise``, default 0): each target-frame code fed as *input* is replaced by a
-  uniform random code with that probability (``corrupt_targets``; labels stay true; seeded by (seed, step)).
+  EOS; multi-step: the S future frames' codes). Only those positions go through the LM head (the prompt's
+  logits are never formed). AdamW, linear warm-up + cosine/constant LR (``train.schedule``), grad-norm
+  clipping, ``grad_accum`` micro-batches, bf16 autocast on a GPU that supports it (``train.precision="auto"``),
+  fp32 on the CPU.
+* **Token noise** (``train.token_noise``, default 0): each target-frame code fed as *input* (label in
+  [0, K): never a prompt, action, BOS or EOS position) is replaced by a uniform random code with that
+  probability (``corrupt_targets``; labels stay true; seeded by (seed, step)).
   Greedy generation conditions on its own earlier tokens, and a model that has only seen true prefixes can
   let one wrong token spread over the rest of the frame; the noise teaches it to continue past them.
 * **Eval** (every ``train.eval_every`` steps and at the end) on ``train.eval_batches * batch_size`` val
@@ -45,7 +52,12 @@ Choices:
   tokenizer's own reconstruction of the true frame (``recon_*``: the ceiling of any token predictor).
   ``pred_token_match`` / ``copy_token_match``: the share of the target's tokens each gets exactly right.
   LPIPS (``*_lpips``) when ImageNet VGG16 LPIPS weights are available; otherwise the metrics carry
-  ``lpips: "skipped: ..."``. Eval runs in fp32 without autocast (greedy decoding is then deterministic).
+  ``lpips: "skipped: ..."``. Multi-step: the S frames are generated in one KV-cached pass (``generate_frames``:
+  F greedy codes per step, then the step's true action tokens fed in one forward, as the rollout's forced
+  tokens), every frame is scored and the metrics are averaged over all N x S frames, plus the per-step
+  ``pred_mae_step{k}`` / ``copy_mae_step{k}`` (k = 1..S); the copy baseline repeats the last context frame for
+  every step, the recon ceiling reconstructs each true future frame. Eval runs in fp32 without autocast
+  (greedy decoding is then deterministic).
 * **Resume** (``train.resume=true``) continues from ``checkpoint.latest(out_dir)`` (model, AdamW, schedule,
   step, RNG): a run of 2 + 2 steps equals 4 steps bit for bit on the CPU. Without ``resume`` an out_dir
   that already has checkpoints is an error. One process, one device.
@@ -67,7 +79,7 @@ import torch.nn.functional as F
 
 from rlvr_world import config as C
 from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset, stride_mean_actions
-from rlvr_world.data.video_layout import IGNORE_INDEX, SingleStepLayout
+from rlvr_world.data.video_layout import IGNORE_INDEX, LayoutBatch, MultiStepLayout, SingleStepLayout
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import ModelArgs, Transformer
 from rlvr_world.rewards.video import frame_metrics
@@ -76,7 +88,8 @@ from . import checkpoint, loop
 from .logging import MetricLogger
 from .schedule import autocast_dtype, lr_factor
 
-__all__ = ["ClipTokens", "build_lpips", "decode_tokens", "encode_episodes", "generate_frame", "run", "tokenizer_dir"]
+__all__ = ["ClipTokens", "build_lpips", "build_sequences", "decode_tokens", "encode_episodes", "generate_frame",
+           "generate_frames", "run", "tokenizer_dir"]
 
 ENCODE_BATCH = 64  # frames per tokenizer call while building the token cache
 CLIPS_PER_EPISODE = 4  # training clips per episode per sampler epoch (each with its own random start)
@@ -84,6 +97,7 @@ ACTION_BINS = 256
 METRICS = ("mae", "mse", "psnr", "ssim")
 TOKEN_NOISE_STREAM = 0x6E6F6973  # "nois": keeps the token-noise draws apart from other (seed, step) streams
 RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers")  # may change between run and resume
+Layout = SingleStepLayout | MultiStepLayout
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -108,19 +122,21 @@ def encode_episodes(dataset: EpisodeDataset, tokenizer: FrameTokenizer, device: 
 
 
 class ClipTokens:
-    """Clips of one split as token ids: ``(frame_tokens [N, n + 1, F] int64, action_bins [N, n, A] int64)``.
+    """Clips of one split as token ids: ``(frame_tokens [N, n + S, F] int64, action_bins [N, n (S = 1) or n + S
+    (S > 1), A] int64)`` for ``future_frames`` = S (single-step: S = 1 and the n context actions; multi-step:
+    each future frame's action too, since each response step ends with it).
 
     Wraps a ``ClipSampler`` over the split and the split's cached frame tokens and binned actions.
     ``batch(step, n)``: training clips (see the module docstring); ``fixed(n)``: the first n clips of the
-    deterministic evaluation order, also returning their (episode, frame index) pairs.
+    deterministic evaluation order, also returning their (episode, first predicted frame index) pairs.
     """
 
     def __init__(self, dataset: EpisodeDataset, tokens: list[np.ndarray], actions: list[np.ndarray],
                  context_frames: int, frame_skip: int, seed: int = 0, random_start: bool = True,
-                 clips_per_episode: int = CLIPS_PER_EPISODE):
-        self.sampler = ClipSampler(dataset, context_frames, 1, frame_skip, seed=seed, random_start=random_start,
-                                   clips_per_episode=clips_per_episode)
-        self.tokens, self.actions, self.n = tokens, actions, context_frames
+                 clips_per_episode: int = CLIPS_PER_EPISODE, future_frames: int = 1):
+        self.sampler = ClipSampler(dataset, context_frames, future_frames, frame_skip, seed=seed,
+                                   random_start=random_start, clips_per_episode=clips_per_episode)
+        self.tokens, self.actions, self.n, self.future = tokens, actions, context_frames, future_frames
         self._plans: dict[int, list[tuple[int, int]]] = {}
 
     def _plan(self, epoch: int) -> list[tuple[int, int]]:
@@ -131,10 +147,11 @@ class ClipTokens:
 
     def _gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
         frames, acts = [], []
+        n_acts = self.n if self.future == 1 else self.n + self.future
         for episode, start in pairs:
-            idx = start + self.sampler.frame_skip * np.arange(self.n + 1)
+            idx = start + self.sampler.frame_skip * np.arange(self.n + self.future)
             frames.append(self.tokens[episode][idx].astype(np.int64))
-            acts.append(self.actions[episode][idx[: self.n]])
+            acts.append(self.actions[episode][idx[:n_acts]])
         return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(acts))
 
     def pairs(self, step: int, n: int) -> list[tuple[int, int]]:
@@ -143,11 +160,15 @@ class ClipTokens:
         return [self._plan(g // size)[g % size] for g in range(step * n, (step + 1) * n)]
 
     def target_index(self, start: int) -> int:
-        """The frame index of the clip's predicted frame, for a clip starting at ``start``."""
+        """The frame index of the clip's (first) predicted frame, for a clip starting at ``start``."""
         return start + self.sampler.frame_skip * self.n
 
+    def target_indices(self, start: int) -> list[int]:
+        """The frame indices of the clip's S predicted frames, for a clip starting at ``start``."""
+        return [self.target_index(start) + self.sampler.frame_skip * k for k in range(self.future)]
+
     def gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(frame_tokens [N, n + 1, F], action_bins [N, n, A]) of the given (episode, start) clips."""
+        """(frame_tokens [N, n + S, F], action_bins [N, n or n + S, A]) of the given (episode, start) clips."""
         return self._gather(pairs)
 
     def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +179,15 @@ class ClipTokens:
         frames, acts = self._gather(pairs)
         targets = [(e, self.target_index(s)) for e, s in pairs]
         return frames, acts, targets
+
+
+def build_sequences(layout: Layout, frames: torch.Tensor, actions: torch.Tensor) -> LayoutBatch:
+    """frames [B, n + S, F] codes, actions [B, n or n + S, A] bins -> the layout's LayoutBatch (multi-step: the
+    first n frames are the context, coded by the same frame tokenizer)."""
+    if isinstance(layout, MultiStepLayout):
+        n = layout.context_frames
+        return layout.build(frames[:, n:], actions, context_tokens=frames[:, :n])
+    return layout.build(frames, actions)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -193,13 +223,45 @@ def generate_frame(model: Transformer, prompt: torch.Tensor, layout: SingleStepL
     return torch.stack(out, dim=1)                                                  # [B, F]
 
 
+@torch.no_grad()
+def generate_frames(model: Transformer, prompt: torch.Tensor, layout: MultiStepLayout,
+                    forced_tokens: torch.Tensor) -> torch.Tensor:
+    """Greedy multi-step codes [B, S, F] for prompts [B, prompt_len], with a static KV cache.
+
+    Each step decodes F codes greedily (logits outside the dynamics codes [0, K) masked), then feeds its last
+    code and the step's given action tokens (``forced_tokens`` [B, response_len] from ``layout.forced``) into
+    the cache in one forward, whose last logits start the next step."""
+    B, P = prompt.shape
+    F_, K, L = layout.tokens_per_frame, layout.codebook_size, layout.step_len
+    cache = model.new_cache(B, P + layout.response_len)
+    logits = model.prefill(prompt, cache)                                           # [B, V]
+    forced = forced_tokens.to(prompt.device)
+    pos, steps = P, []
+    for k in range(layout.future_frames):
+        codes = []
+        for i in range(F_):
+            token = logits[:, :K].argmax(-1)                                        # [B]
+            codes.append(token)
+            if i + 1 < F_:
+                logits = model.decode_step(token, torch.full((B,), pos, dtype=torch.long, device=prompt.device),
+                                           cache)
+                pos += 1
+        steps.append(torch.stack(codes, dim=1))                                     # [B, F]
+        if k + 1 < layout.future_frames:  # the last code + this step's actions, as one forward
+            chunk = torch.cat([token[:, None], forced[:, k * L + F_:(k + 1) * L]], dim=1)  # [B, 1 + A]
+            positions = torch.arange(pos, pos + chunk.shape[1], device=prompt.device).expand(B, -1)
+            logits = model.output(model.hidden_states(chunk, positions=positions, cache=cache)[:, -1])
+            pos += chunk.shape[1]
+    return torch.stack(steps, dim=1)                                                # [B, S, F]
+
+
 # ---------------------------------------------------------------------------------------------------- state
 @dataclass
 class EvalSet:
     input_ids: torch.Tensor  # [N, S]
     labels: torch.Tensor  # [N, S]
-    target_frames: torch.Tensor  # [N, 3, H, W] uint8: the true next frames
-    target_tokens: torch.Tensor  # [N, F]
+    target_frames: torch.Tensor  # [N * future_frames, 3, H, W] uint8: the true future frames (clip-major)
+    target_tokens: torch.Tensor  # [N * future_frames, F]
     baseline: dict  # copy_* / recon_* metrics (fixed: they do not depend on the model)
 
 
@@ -210,7 +272,7 @@ class State:
     device: torch.device
     autocast: torch.dtype | None
     tokenizer: FrameTokenizer
-    layout: SingleStepLayout
+    layout: Layout
     grid: tuple[int, int]
     model: Transformer
     optimizer: torch.optim.Optimizer
@@ -261,28 +323,38 @@ def decode_tokens(tokenizer: FrameTokenizer, tokens: torch.Tensor, grid: tuple[i
     return torch.cat([tokenizer.decode(t.view(-1, *grid)) for t in tokens.split(batch)])
 
 
+def _step_mae(frames: torch.Tensor, target_frames: torch.Tensor, steps: int, prefix: str) -> dict[str, float]:
+    """Per-step MAE ``{prefix}_mae_step{k}`` (k = 1..steps) of clip-major frames [N * steps, 3, H, W]."""
+    pred, tgt = frames.unflatten(0, (-1, steps)), target_frames.unflatten(0, (-1, steps))
+    return {f"{prefix}_mae_step{k + 1}": frame_metrics(pred[:, k], tgt[:, k], metrics=("mae",))["mae"].mean().item()
+            for k in range(steps)}
+
+
 def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, grid, lpips, device) -> EvalSet:
     tc, d = cfg.train, cfg.data
-    n = tc.eval_batches * tc.batch_size
-    probe = ClipSampler(val_ds, d.context_frames, 1, d.clip_stride, random_start=False)
+    n, c, S = tc.eval_batches * tc.batch_size, d.context_frames, d.future_frames
+    probe = ClipSampler(val_ds, c, S, d.clip_stride, random_start=False)
     per_episode = math.ceil(n / len(probe.usable))
-    clips = ClipTokens(val_ds, tokens, actions, d.context_frames, d.clip_stride, random_start=False,
-                       clips_per_episode=per_episode)
+    clips = ClipTokens(val_ds, tokens, actions, c, d.clip_stride, random_start=False,
+                       clips_per_episode=per_episode, future_frames=S)
     frames, acts, where = clips.fixed(n)
-    lb = layout.build(frames, acts)
+    lb = build_sequences(layout, frames, acts)
     images: dict[int, np.ndarray] = {}
     target = []
     for episode, t in where:
         if episode not in images:
             images[episode] = val_ds[episode]["image"]
-        target.append(images[episode][t])
+        target += [images[episode][t + d.clip_stride * k] for k in range(S)]
     target_frames = torch.from_numpy(np.stack(target)).permute(0, 3, 1, 2).contiguous().to(device)
     frames = frames.to(device)
-    decoded = {"copy": decode_tokens(tokenizer, frames[:, -2], grid, tc.batch_size),
-               "recon": decode_tokens(tokenizer, frames[:, -1], grid, tc.batch_size)}
+    target_tokens = frames[:, c:].flatten(0, 1)                                     # [N * S, F]
+    decoded = {"copy": decode_tokens(tokenizer, frames[:, c - 1], grid, tc.batch_size).repeat_interleave(S, 0),
+               "recon": decode_tokens(tokenizer, target_tokens, grid, tc.batch_size)}
     baseline = _mean_scores(lpips, decoded, target_frames, tc.batch_size)
-    baseline["copy_token_match"] = (frames[:, -2] == frames[:, -1]).float().mean().item()
-    return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, frames[:, -1], baseline)
+    baseline["copy_token_match"] = (frames[:, c - 1:c] == frames[:, c:]).float().mean().item()
+    if S > 1:
+        baseline.update(_step_mae(decoded["copy"], target_frames, S, "copy"))
+    return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, target_tokens, baseline)
 
 
 def setup(cfg: C.PretrainRun) -> State:
@@ -295,8 +367,6 @@ def setup(cfg: C.PretrainRun) -> State:
     if cfg.tokenizer.kind != "frame":
         raise ValueError(f"tokenizer.kind={cfg.tokenizer.kind!r} is not supported by this recipe yet; "
                          f"use tokenizer.kind=frame")
-    if d.future_frames != 1:
-        raise ValueError(f"data.future_frames must be 1 for single-step pre-training, got {d.future_frames}")
     out_dir = Path(tc.out_dir)
     if not tc.resume and checkpoint.latest(out_dir) is not None:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
@@ -310,9 +380,7 @@ def setup(cfg: C.PretrainRun) -> State:
     actions_tok = ActionTokenizer.from_meta(d.root, bins=ACTION_BINS)
     size = train_ds.frame_size or tuple(train_ds[0]["image"].shape[1:3])
     grid = tokenizer.token_grid(*size)  # frame size must suit the tokenizer: ValueError naming it
-    layout = SingleStepLayout(tokens_per_frame=grid[0] * grid[1], context_frames=d.context_frames,
-                              action_dims=actions_tok.dim, codebook_size=tokenizer.codebook_size,
-                              action_bins=ACTION_BINS, eos=True)
+    layout = _layout(d, grid[0] * grid[1], actions_tok.dim, tokenizer.codebook_size)
     seq_len = layout.prompt_len + layout.response_len
     model_args = _model_args(cfg.model, layout.vocab_size)
     if model_args.max_seq_len < seq_len:
@@ -320,15 +388,15 @@ def setup(cfg: C.PretrainRun) -> State:
                          f"({layout.prompt_len} prompt + {layout.response_len} response = {seq_len} tokens); "
                          f"set model.overrides.max_seq_len={seq_len} or fewer data.context_frames")
     # a short clip span fails here (ClipSampler), before the cache is built
-    ClipSampler(train_ds, d.context_frames, 1, d.clip_stride)
-    ClipSampler(val_ds, d.context_frames, 1, d.clip_stride)
+    ClipSampler(train_ds, d.context_frames, d.future_frames, d.clip_stride)
+    ClipSampler(val_ds, d.context_frames, d.future_frames, d.clip_stride)
     lpips, lpips_note = build_lpips(device)
 
     def actions_of(ds):
         return [actions_tok.encode(stride_mean_actions(ds[i]["action"], d.clip_stride)) for i in range(len(ds))]
 
     train_clips = ClipTokens(train_ds, encode_episodes(train_ds, tokenizer, device), actions_of(train_ds),
-                             d.context_frames, d.clip_stride, seed=tc.seed)
+                             d.context_frames, d.clip_stride, seed=tc.seed, future_frames=d.future_frames)
     val = _eval_set(cfg, val_ds, encode_episodes(val_ds, tokenizer, device), actions_of(val_ds), layout,
                     tokenizer, grid, lpips, device)
 
@@ -361,11 +429,23 @@ def setup(cfg: C.PretrainRun) -> State:
                  val, lpips, lpips_note, logger, step=step, last_saved=step if latest is not None else -1)
 
 
+def _layout(d: C.DataConfig, tokens_per_frame: int, action_dims: int, codebook_size: int) -> Layout:
+    """Single-step for data.future_frames = 1, else multi-step with the frame tokenizer for context and future."""
+    if d.future_frames == 1:
+        return SingleStepLayout(tokens_per_frame=tokens_per_frame, context_frames=d.context_frames,
+                                action_dims=action_dims, codebook_size=codebook_size, action_bins=ACTION_BINS,
+                                eos=True)
+    return MultiStepLayout(tokens_per_frame=tokens_per_frame, context_tokens_per_frame=tokens_per_frame,
+                           context_frames=d.context_frames, future_frames=d.future_frames, action_dims=action_dims,
+                           codebook_size=codebook_size, context_codebook_size=codebook_size, action_bins=ACTION_BINS)
+
+
 def _model_args(mc: C.ModelConfig, vocab_size: int) -> ModelArgs:
     given = mc.overrides.get("vocab_size")
     if given is not None and given != vocab_size:
         raise ValueError(f"model.overrides.vocab_size={given} does not match the layout's vocabulary "
-                         f"({vocab_size} = frame codes + {ACTION_BINS} action bins + BOS + EOS); leave it unset")
+                         f"({vocab_size} = frame codes (x2 for multi-step: context codes are offset) + "
+                         f"{ACTION_BINS} action bins + BOS + EOS); leave it unset")
     return ModelArgs.from_name(mc.name, **{**mc.overrides, "vocab_size": vocab_size})
 
 
@@ -387,7 +467,7 @@ def batch(s: State) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's (input_ids, labels) [batch_size * grad_accum, S] on the device."""
     tc = s.cfg.train
     frames, acts = s.clips.batch(s.step, tc.batch_size * tc.grad_accum)
-    lb = s.layout.build(frames, acts)
+    lb = build_sequences(s.layout, frames, acts)
     ids = corrupt_targets(lb.input_ids, lb.labels, s.layout.codebook_size, tc.token_noise,
                           (tc.seed, s.step, TOKEN_NOISE_STREAM))
     return ids.to(s.device, non_blocking=True), lb.labels.to(s.device, non_blocking=True)
@@ -418,29 +498,36 @@ def train_step(s: State, data: tuple[torch.Tensor, torch.Tensor]) -> dict:
 
 @torch.no_grad()
 def evaluate(s: State, force: bool = False) -> dict | None:
-    """Val CE / token accuracy and greedy next-frame quality vs the copy baseline (every eval_every steps)."""
+    """Val CE / token accuracy and greedy future-frame quality vs the copy baseline (every eval_every steps)."""
     if not loop.due(s.step, s.cfg.train.eval_every, force):
         return None
     s.model.eval()
-    bs, v = s.cfg.train.batch_size, s.val
+    bs, v, P = s.cfg.train.batch_size, s.val, s.layout.prompt_len
+    multi = isinstance(s.layout, MultiStepLayout)
     loss_sum, correct, total, generated = 0.0, 0, 0, []
     for ids, lab in zip(v.input_ids.split(bs), v.labels.split(bs)):
         loss, n_correct, n = target_loss(s.model, ids, lab)
         loss_sum, correct, total = loss_sum + loss.item() * n, correct + n_correct.item(), total + n
-        generated.append(generate_frame(s.model, ids[:, : s.layout.prompt_len], s.layout))
+        if multi:  # the response's action tokens are the given (forced) ones
+            generated.append(generate_frames(s.model, ids[:, :P], s.layout, ids[:, P:]).flatten(0, 1))
+        else:
+            generated.append(generate_frame(s.model, ids[:, :P], s.layout))
     s.model.train()
-    pred_tokens = torch.cat(generated)                                              # [N, F]
+    pred_tokens = torch.cat(generated)                                              # [N * S, F]
     pred = decode_tokens(s.tokenizer, pred_tokens, s.grid, bs)
     out = {"loss": loss_sum / total, "token_acc": correct / total,
            **_mean_scores(s.lpips, {"pred": pred}, v.target_frames, bs),
            "pred_token_match": (pred_tokens == v.target_tokens).float().mean().item(), **v.baseline,
-           "clips": len(v.input_ids)}
+           "clips": len(v.input_ids), "future_frames": s.layout.future_frames if multi else 1}
+    if multi:
+        out.update(_step_mae(pred, v.target_frames, s.layout.future_frames, "pred"))
     if s.lpips_note:
         out["lpips"] = s.lpips_note
     s.last_eval = {"step": s.step, **out}
     s.logger.log(s.step, out, kind="eval")
     lp = {k: f" lpips {out[f'{k}_lpips']:.4f}" if f"{k}_lpips" in out else "" for k in ("pred", "copy")}
-    s.logger.write(f"step {s.step}: val loss {out['loss']:.4f} acc {out['token_acc']:.3f} | next frame psnr "
+    what = f"{s.layout.future_frames} frames" if multi else "next frame"
+    s.logger.write(f"step {s.step}: val loss {out['loss']:.4f} acc {out['token_acc']:.3f} | {what} psnr "
                    f"{out['pred_psnr']:.2f} ssim {out['pred_ssim']:.4f} mae {out['pred_mae']:.4f}{lp['pred']} | "
                    f"copy psnr {out['copy_psnr']:.2f} ssim {out['copy_ssim']:.4f} mae {out['copy_mae']:.4f}{lp['copy']}")
     return out
@@ -459,12 +546,21 @@ def finish(s: State) -> dict:
     s.model.save_pretrained(model_dir)
     C.to_yaml(s.cfg, model_dir / "train_config.yaml")
     lay = s.layout
-    (model_dir / "layout.json").write_text(json.dumps({
-        "layout": "single_step", "tokens_per_frame": lay.tokens_per_frame, "token_grid": list(s.grid),
-        "context_frames": lay.context_frames, "action_dims": lay.action_dims, "codebook_size": lay.codebook_size,
-        "action_bins": lay.action_bins, "eos": lay.eos, "bos_id": lay.bos_id, "eos_id": lay.eos_id,
-        "vocab_size": lay.vocab_size, "clip_stride": s.cfg.data.clip_stride,
-        "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}, indent=2) + "\n")
+    if isinstance(lay, MultiStepLayout):
+        info = {"layout": "multi_step", "tokens_per_frame": lay.tokens_per_frame,
+                "context_tokens_per_frame": lay.context_tokens_per_frame, "token_grid": list(s.grid),
+                "context_frames": lay.context_frames, "future_frames": lay.future_frames,
+                "action_dims": lay.action_dims, "codebook_size": lay.codebook_size,
+                "context_codebook_size": lay.context_codebook_size, "action_bins": lay.action_bins,
+                "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
+                "clip_stride": s.cfg.data.clip_stride, "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}
+    else:
+        info = {"layout": "single_step", "tokens_per_frame": lay.tokens_per_frame, "token_grid": list(s.grid),
+                "context_frames": lay.context_frames, "action_dims": lay.action_dims,
+                "codebook_size": lay.codebook_size, "action_bins": lay.action_bins, "eos": lay.eos,
+                "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
+                "clip_stride": s.cfg.data.clip_stride, "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}
+    (model_dir / "layout.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"step": s.step, "out_dir": str(s.out_dir), "model_dir": str(model_dir),
             "eval": {k: v for k, v in s.last_eval.items() if k != "step"}, "train": s.last_train,
             "seconds": time.perf_counter() - s.t_start}

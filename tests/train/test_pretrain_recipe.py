@@ -1,5 +1,5 @@
 """rlvr-train pretrain (rlvr_world.train.pretrain): smoke run, learning, exact resume, KV-cache generation, errors,
-CLI wiring.
+CLI wiring; single-step and multi-step (data.future_frames > 1) layouts.
 
 Data: tiny episodes of moving coloured squares (16x16, 2-dim actions, written with ``episodes.write_episode`` +
 ``compute_action_ranges``); tokenizer: a ``tiny`` FrameTokenizer with 125 codes, random weights (0 training
@@ -24,6 +24,7 @@ from rlvr_world.train import pretrain as recipe
 from rlvr_world.train.logging import read_metrics
 
 SHIPPED = Path(C.__file__).parent / "configs" / "pretrain_sim64.yaml"
+SHIPPED_MULTI = SHIPPED.parent / "pretrain_multistep_sim64.yaml"
 SIZE, T = 16, 10
 
 
@@ -139,7 +140,15 @@ def test_copy_baseline_uses_the_last_context_frame(assets, tmp_path):
 
 @pytest.mark.parametrize("noise", ["train.token_noise=0", "train.token_noise=0.2"])
 def test_resume_is_bit_exact(assets, tmp_path, monkeypatch, noise):
-    straight = recipe.run(_cfg(assets, tmp_path / "a", noise))
+    _check_resume(assets, tmp_path, monkeypatch, noise)
+
+
+def test_multistep_resume_is_bit_exact(assets, tmp_path, monkeypatch):
+    _check_resume(assets, tmp_path, monkeypatch, "data.future_frames=2", "train.token_noise=0.2")
+
+
+def _check_resume(assets, tmp_path, monkeypatch, *overrides):
+    straight = recipe.run(_cfg(assets, tmp_path / "a", *overrides))
     save = recipe.save_checkpoint
 
     def save_then_die(s, force=False):
@@ -150,10 +159,10 @@ def test_resume_is_bit_exact(assets, tmp_path, monkeypatch, noise):
 
     monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        recipe.run(_cfg(assets, tmp_path / "b", noise))
+        recipe.run(_cfg(assets, tmp_path / "b", *overrides))
     monkeypatch.setattr(recipe, "save_checkpoint", save)
     assert checkpoint.latest(tmp_path / "b").name == "step_0000002"
-    resumed = recipe.run(_cfg(assets, tmp_path / "b", noise, "train.resume=true"))
+    resumed = recipe.run(_cfg(assets, tmp_path / "b", *overrides, "train.resume=true"))
     assert resumed["step"] == straight["step"] == 4
     a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
     for k in a:
@@ -190,8 +199,10 @@ def test_run_errors(assets, tmp_path):
         recipe.run(_cfg(assets, tmp_path / "y", "model.overrides.max_seq_len=16"))
     with pytest.raises(ValueError, match="model.overrides.vocab_size=10 does not match"):
         recipe.run(_cfg(assets, tmp_path / "y", "model.overrides.vocab_size=10"))
-    with pytest.raises(ValueError, match="data.future_frames must be 1"):
-        recipe.run(_cfg(assets, tmp_path / "y", "data.future_frames=2"))
+    with pytest.raises(ValueError, match="max_seq_len=60 is shorter than the sequence"):  # multi-step: 37 + 36
+        recipe.run(_cfg(assets, tmp_path / "y", "data.future_frames=2", "model.overrides.max_seq_len=60"))
+    with pytest.raises(ValueError, match="at least 11 frames"):  # 2 context + 9 future frames > T = 10
+        recipe.run(_cfg(assets, tmp_path / "y", "data.future_frames=9"))
     with pytest.raises(FileNotFoundError):
         recipe.run(_cfg(assets, tmp_path / "y", f"tokenizer.checkpoint={tmp_path / 'none'}"))
     with pytest.raises(ValueError, match="at least 23 frames"):
@@ -242,3 +253,86 @@ def test_cli_trains_with_the_shipped_config(assets, tmp_path, capsys):
     assert "tokenizer.checkpoint is required" in capsys.readouterr().err
     assert cli.main(no_tok + [f"tokenizer.checkpoint={tmp_path}/missing"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- multi-step
+def test_multistep_smoke_run(assets, tmp_path):
+    cfg = _cfg(assets, tmp_path / "run", "data.future_frames=3", "train.steps=2")
+    result = recipe.run(cfg)
+    out = tmp_path / "run"
+    assert result["step"] == 2
+    layout = json.loads((out / "model" / "layout.json").read_text())
+    assert layout["layout"] == "multi_step" and layout["future_frames"] == 3 and layout["context_frames"] == 2
+    assert layout["tokens_per_frame"] == layout["context_tokens_per_frame"] == 16
+    assert layout["codebook_size"] == layout["context_codebook_size"] == 125 and layout["action_dims"] == 2
+    assert layout["vocab_size"] == 2 * 125 + 256 + 2 == Transformer.from_pretrained(out / "model").args.vocab_size
+    assert (layout["bos_id"], layout["eos_id"]) == (2 * 125 + 256, 2 * 125 + 257)
+    train = read_metrics(out, "train")
+    assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    ev = read_metrics(out, "eval")[-1]
+    assert ev["step"] == 2 and ev["clips"] == 4 and np.isfinite(ev["loss"]) and 0 <= ev["token_acc"] <= 1
+    for who in ("pred", "copy", "recon"):
+        assert 0 <= ev[f"{who}_mae"] < 1 and 0 < ev[f"{who}_psnr"] < 100 and -1 <= ev[f"{who}_ssim"] <= 1
+    for who in ("pred", "copy"):  # per step, averaging to the overall MAE (every step has the same clips)
+        steps = [ev[f"{who}_mae_step{k}"] for k in (1, 2, 3)]
+        assert ev[f"{who}_mae"] == pytest.approx(sum(steps) / 3, rel=1e-4)
+    assert "pred_mae_step4" not in ev and 0 <= ev["pred_token_match"] <= 1
+    assert result["eval"]["pred_psnr"] == pytest.approx(ev["pred_psnr"])
+
+
+def test_multistep_sequences_and_token_noise(assets, tmp_path):
+    s = recipe.setup(_cfg(assets, tmp_path / "run", "data.future_frames=3", "train.token_noise=0.5"))
+    s.logger.close()
+    lay, (n, S, F, A, K) = s.layout, (2, 3, 16, 2, 125)
+    assert isinstance(lay, recipe.MultiStepLayout) and lay.response_len == S * (F + A)
+    assert s.val.target_tokens.shape == (4 * S, F) and s.val.target_frames.shape == (4 * S, 3, SIZE, SIZE)
+    frames, acts = s.clips.batch(0, 4)
+    assert frames.shape == (4, n + S, F) and acts.shape == (4, n + S, A)  # an action for every clip frame
+    clean = recipe.build_sequences(lay, frames, acts)
+    ids, labels = (t.cpu() for t in recipe.batch(s))
+    assert torch.equal(labels, clean.labels)
+    resp = labels[:, lay.prompt_len:].view(4, S, F + A)
+    assert (resp[:, :, F:] == -100).all() and (labels[:, : lay.prompt_len] == -100).all()  # actions: never targets
+    assert torch.equal(resp[:, :, :F], frames[:, n:])  # the targets are the future frames' codes
+    resp_ids = clean.input_ids[:, lay.prompt_len:].view(4, S, F + A)
+    assert torch.equal(resp_ids[:, :, F:], acts[:, n:] + lay.action_offset)  # the given actions, in every step
+    prompt = clean.input_ids[:, : lay.prompt_len - 1].view(4, n, F + A)
+    assert torch.equal(prompt[:, :, :F], frames[:, :n] + K)  # context codes offset by K
+    changed = ids != clean.input_ids
+    frame_target = (labels != -100) & (labels < K)
+    assert changed.any() and not changed[~frame_target].any()  # prompt and action positions untouched
+    assert ids[frame_target].max() < K
+
+
+def test_multistep_generation_with_the_kv_cache_matches_the_full_forward(assets, tmp_path):
+    s = recipe.setup(_cfg(assets, tmp_path / "run", "data.future_frames=3"))
+    s.logger.close()
+    lay, model = s.layout, s.model.eval()
+    torch.manual_seed(1)
+    model.reset_parameters(std=0.2)  # a less uniform random model: greedy codes vary within and across frames
+    P, F, L = lay.prompt_len, lay.tokens_per_frame, lay.step_len
+    prompt, response = s.val.input_ids[:, :P], s.val.input_ids[:, P:]
+    gen = recipe.generate_frames(model, prompt, lay, response)
+    assert gen.shape == (len(prompt), lay.future_frames, F) and int(gen.max()) < lay.codebook_size
+    assert len(gen.unique()) > 3
+    ids = prompt
+    with torch.no_grad():  # the same greedy tokens, recomputed without a cache, the true actions after each frame
+        for k in range(lay.future_frames):
+            for _ in range(F):
+                nxt = model(ids)[:, -1, : lay.codebook_size].argmax(-1)
+                ids = torch.cat([ids, nxt[:, None]], dim=1)
+            ids = torch.cat([ids, response[:, k * L + F:(k + 1) * L]], dim=1)
+    assert torch.equal(ids[:, P:].view(len(prompt), lay.future_frames, L)[:, :, :F], gen)
+
+
+def test_shipped_multistep_config():
+    first = SHIPPED_MULTI.read_text().splitlines()[0]
+    assert first.startswith("# rlvr-train pretrain --config rlvr_world/configs/pretrain_multistep_sim64.yaml")
+    cfg, single = C.load_config("pretrain", SHIPPED_MULTI), C.load_config("pretrain", SHIPPED)
+    assert cfg.data.future_frames == 4 and cfg.train.out_dir == "runs/pretrain_multistep_sim64"
+    assert (cfg.data.root, cfg.tokenizer, cfg.data.context_frames) == (single.data.root, single.tokenizer, 2)
+    lay = recipe.MultiStepLayout(tokens_per_frame=64, context_tokens_per_frame=64, context_frames=2,
+                                 future_frames=4, action_dims=4, codebook_size=4375, context_codebook_size=4375)
+    assert lay.prompt_len + lay.response_len == 137 + 4 * (64 + 4)
+    args = recipe._model_args(cfg.model, lay.vocab_size)
+    assert args.max_seq_len >= lay.prompt_len + lay.response_len and args.vocab_size == 9008
