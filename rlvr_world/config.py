@@ -293,6 +293,7 @@ class GRPOConfig:
     kl_coef: float = 1e-3  # k3 ("low_var_kl") penalty to the reference policy; 0 drops the reference
     advantage_scale: Literal["std", "none"] = "std"  # "none": Dr. GRPO (r - mean)
     reward: str = "neg_mae_lpips"  # -(MAE + LPIPS), the paper's video reward
+    lpips_net: Literal["vgg", "alex"] = "vgg"  # LPIPS backbone of the reward and the metrics (the paper: VGG16)
     temperature: float = 1.0
     # training samples are drawn from the full distribution: the loss recomputes log-probs over the whole
     # vocabulary, so a truncated sampler would make old and new log-probs disagree (top_k 0 / top_p 1 only)
@@ -556,7 +557,8 @@ def _grpo_quick(size: str) -> GRPORun:
                           eval_every=max(1, q["grpo_steps"] // 3), checkpoint_every=10, keep_checkpoints=1,
                           log_every=1, out_dir=f"runs/{size}/grpo", resume=True),
         grpo=GRPOConfig(group_size=q["group"], prompts_per_step=q["prompts"], mini_batch_prompts=q["prompts"],
-                        kl_coef=1e-3, reward="neg_mae_lpips", micro_batch_size=64, eval_prompts=q["eval_prompts"],
+                        kl_coef=1e-3, reward="neg_mae_lpips", lpips_net="alex", micro_batch_size=64,
+                        eval_prompts=q["eval_prompts"],
                         eval_samples=4, eval_top_k=100))
 
 

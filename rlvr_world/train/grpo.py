@@ -22,7 +22,8 @@ Choices:
   (``invalid_token_frac``); the policy keeps the token it sampled.
 * **Reward**: ``grpo.reward`` from ``rlvr_world.rewards.REWARDS`` on the decoded frames against the *true*
   next frames (the episode's pixels, not the tokenizer's reconstruction), the true frame read once per
-  group (``group_size=G``).
+  group (``group_size=G``). LPIPS uses ``grpo.lpips_net``: VGG16 (the paper's) or AlexNet (about 10x
+  cheaper on a CPU: the quick start's choice).
 * **Update** (one PPO epoch by default): old log-probs are the sampler's (the log-prob contract makes them
   equal to a recompute; every ``grpo.logprob_check_every`` steps the first micro-batch is recomputed before
   the update and the mismatch logged: ``logprob_max_abs_diff``, ``logprob_frac_off`` = share of tokens with
@@ -213,7 +214,7 @@ def setup(cfg: C.GRPORun) -> State:
     if actions.dim != layout.action_dims:
         raise ValueError(f"data.root {cfg.data.root} has {actions.dim}-D actions; the model expects {layout.action_dims}")
     grid = tokenizer.token_grid(*(train_ds.frame_size or train_ds[0]["image"].shape[1:3]))
-    lpips, lpips_note = build_lpips(device)
+    lpips, lpips_note = build_lpips(device, g.lpips_net)
     if lpips is None and "lpips" in getattr(REWARDS[g.reward], "terms", {"lpips": 1}):
         raise ValueError(f"grpo.reward={g.reward!r} needs LPIPS, but {lpips_note.removeprefix('skipped: ')}; run "
                          f"`python -m rlvr_world.models.lpips_weights` or choose a reward without LPIPS (neg_mae)")

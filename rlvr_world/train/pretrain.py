@@ -289,14 +289,15 @@ class State:
     t_start: float = field(default_factory=time.perf_counter)
 
 
-def build_lpips(device: torch.device):
-    """(LPIPS-VGG, None) when its ImageNet weights are present, else (None, the reason it is skipped)."""
+def build_lpips(device: torch.device, net: str = "vgg"):
+    """(LPIPS of ``net``, None) when its ImageNet weights are present, else (None, the reason it is skipped)."""
     from rlvr_world.models.lpips import LPIPS
 
     try:
-        return LPIPS(net="vgg").to(device), None
+        return LPIPS(net=net).to(device), None
     except FileNotFoundError:
-        return None, "skipped: no ImageNet VGG16 LPIPS weights on this machine"
+        name = {"vgg": "VGG16", "alex": "AlexNet"}[net]
+        return None, f"skipped: no ImageNet {name} LPIPS weights on this machine"
 
 
 def _scores(s_lpips, pred: torch.Tensor, target: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:

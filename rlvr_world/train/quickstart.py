@@ -7,12 +7,13 @@ of the current directory:
 1. ``collect``    Meta-World drawer episodes rendered offscreen (``MUJOCO_GL=egl`` unless set) -> ``data/``
 2. ``tokenizer``  the sim-64 FSQ frame tokenizer -> ``tokenizer/``
 3. ``pretrain``   the single-step world model by next-token likelihood -> ``pretrain/model``
-4. ``grpo``       GRPO on -(MAE + LPIPS); its step-0 and final validations on the same held-out clips, with
+4. ``grpo``       GRPO on -(MAE + LPIPS-AlexNet); its step-0 and final validations on the same held-out clips, with
                   the same random numbers, are the before/after evaluation -> ``grpo/report.md``
 
 Choices: a stage whose output is complete is skipped and an interrupted one resumes from its checkpoint,
-so running the command again continues where it stopped (delete ``runs/<size>`` to start over). Without the
-ImageNet VGG16 LPIPS weights (``python -m rlvr_world.models.lpips_weights``, fetched by ``make quickstart``)
+so running the command again continues where it stopped (delete ``runs/<size>`` to start over). LPIPS uses
+AlexNet features here (VGG16, the paper's, costs ~10x more on a CPU; ``grpo.lpips_net``). Without the
+ImageNet LPIPS weights (``python -m rlvr_world.models.lpips_weights``, fetched by ``make quickstart``)
 the GRPO reward falls back to -MAE and the run says so. The recipes are passed in by the caller (the CLI's
 runners), so each stage prints exactly what its own command prints.
 """
@@ -49,11 +50,11 @@ def done(stage: str, cfg: C.RunConfig) -> bool:
     return final.is_file()
 
 
-def _lpips_available() -> bool:
+def _lpips_available(net: str) -> bool:
     from rlvr_world.models.lpips import LPIPS
 
     try:
-        LPIPS(net="vgg")
+        LPIPS(net=net)
     except FileNotFoundError:
         return False
     return True
@@ -64,10 +65,11 @@ def run(size: str, runners: Mapping[str, Callable[[C.RunConfig], int]], *, print
     first non-zero status, else 0."""
     cfgs = configs(size)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if cfgs["grpo"].grpo.reward == "neg_mae_lpips" and not _lpips_available():
-        cfgs["grpo"].grpo.reward = "neg_mae"
-        print_fn("note: no ImageNet VGG16 LPIPS weights here (python -m rlvr_world.models.lpips_weights fetches "
-                 "them); the GRPO reward is -MAE instead of -(MAE + LPIPS)")
+    g = cfgs["grpo"].grpo
+    if g.reward == "neg_mae_lpips" and not _lpips_available(g.lpips_net):
+        g.reward = "neg_mae"
+        print_fn(f"note: no ImageNet LPIPS ({g.lpips_net}) weights here (python -m rlvr_world.models.lpips_weights "
+                 f"fetches them); the GRPO reward is -MAE instead of -(MAE + LPIPS)")
     t0 = time.perf_counter()
     for i, stage in enumerate(STAGES, 1):
         cfg = cfgs[stage]

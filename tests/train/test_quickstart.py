@@ -13,7 +13,7 @@ from rlvr_world.train import quickstart
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(quickstart, "_lpips_available", lambda: True)
+    monkeypatch.setattr(quickstart, "_lpips_available", lambda net: True)
     return tmp_path
 
 
@@ -63,11 +63,11 @@ def test_a_failed_stage_stops_the_run_with_its_status(in_tmp):
 
 
 def test_without_lpips_weights_the_reward_is_mae(in_tmp, monkeypatch):
-    monkeypatch.setattr(quickstart, "_lpips_available", lambda: False)
+    monkeypatch.setattr(quickstart, "_lpips_available", lambda net: False)
     calls, lines = [], []
     assert quickstart.run("smoke", _recorder(calls), print_fn=lines.append) == 0
     assert dict(calls)["grpo"].grpo.reward == "neg_mae"
-    assert any("no ImageNet VGG16 LPIPS weights" in ln for ln in lines)
+    assert any("no ImageNet LPIPS (alex) weights" in ln for ln in lines)
 
 
 def test_unknown_size():
