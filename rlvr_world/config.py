@@ -294,6 +294,8 @@ class GRPOConfig:
     advantage_scale: Literal["std", "none"] = "std"  # "none": Dr. GRPO (r - mean)
     reward: str = "neg_mae_lpips"  # -(MAE + LPIPS), the paper's video reward
     lpips_net: Literal["vgg", "alex"] = "vgg"  # LPIPS backbone of the reward and the metrics (the paper: VGG16)
+    # multi-step only: reward -= repetition_penalty x the share of predicted frames identical to the one before
+    repetition_penalty: float = 0.0
     temperature: float = 1.0
     # training samples are drawn from the full distribution: the loss recomputes log-probs over the whole
     # vocabulary, so a truncated sampler would make old and new log-probs disagree (top_k 0 / top_p 1 only)
@@ -313,7 +315,8 @@ class GRPOConfig:
                   mini_batch_prompts=self.mini_batch_prompts, ppo_epochs=self.ppo_epochs,
                   micro_batch_size=self.micro_batch_size, eval_prompts=self.eval_prompts,
                   eval_samples=self.eval_samples)
-        _non_negative(where, logprob_check_every=self.logprob_check_every, eval_top_k=self.eval_top_k)
+        _non_negative(where, logprob_check_every=self.logprob_check_every, eval_top_k=self.eval_top_k,
+                      repetition_penalty=self.repetition_penalty)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k != 0 or self.top_p != 1.0:

@@ -1,5 +1,6 @@
-"""``rlvr-train grpo``: post-train a pre-trained single-step video world model with GRPO on a verifiable reward
-(the paper's RLVR stage).
+"""``rlvr-train grpo``: post-train a pre-trained video world model with GRPO on a verifiable reward (the paper's
+RLVR stage), single-step (context frames -> the next frame) or multi-step (context frames -> S frames, each
+followed by its given action).
 
 A short lifecycle (torchtune's): ``setup`` (world model + layout from a pre-training run, frame tokenizer,
 frozen reference model, data, LPIPS, optimizer, resume) -> per step ``prompts`` -> ``rollout`` -> ``decode``
@@ -20,6 +21,13 @@ Choices:
   same samples on any number of ranks. A sampled token that is not a frame code (an action bin, BOS or
   EOS: rare after pre-training) is decoded as the last context frame's token at that position and counted
   (``invalid_token_frac``); the policy keeps the token it sampled.
+* **Multi-step** (a model pre-trained with ``data.future_frames = S > 1``, ``MultiStepLayout``): each response
+  is S x (F sampled frame tokens + A action tokens); the actions are the clip's true ones, injected by the
+  rollout engine as forced tokens (appended to the KV cache, never a re-prefill; log-prob 0, loss mask
+  False). The reward is the mean of the per-frame rewards over the S frames, minus
+  ``grpo.repetition_penalty`` x the share of predicted frames identical to the frame before (0 by default;
+  ``repetition_rate`` is logged either way). The multi-step layout with the compressive tokenizer (fewer
+  tokens per future frame) is not driven by this recipe yet.
 * **Reward**: ``grpo.reward`` from ``rlvr_world.rewards.REWARDS`` on the decoded frames against the *true*
   next frames (the episode's pixels, not the tokenizer's reconstruction), the true frame read once per
   group (``group_size=G``). LPIPS uses ``grpo.lpips_net``: VGG16 (the paper's) or AlexNet (about 10x
@@ -58,11 +66,11 @@ import torch
 
 from rlvr_world import config as C
 from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset, stride_mean_actions
-from rlvr_world.data.video_layout import SingleStepLayout
+from rlvr_world.data.video_layout import MultiStepLayout, SingleStepLayout
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import Transformer
 from rlvr_world.ops import grpo_loss, token_logprobs
-from rlvr_world.rewards import REWARDS, frame_metrics, video_reward
+from rlvr_world.rewards import REWARDS, repetition_rate, video_reward
 from rlvr_world.rl import Rollout, grpo_advantages
 from rlvr_world.rollout import generate
 
@@ -84,38 +92,57 @@ RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers", "grpo.
 class Batch:
     """One step's rollouts on this rank (P local prompts, G samples each, F frame tokens)."""
 
-    prompt_ids: torch.Tensor  # [P, Lp] global prompt indices keying the sampler: see ``sequence_ids``
+    prompt_ids: torch.Tensor  # [P] global prompt indices keying the sampler (``sequence_ids``)
     prompts: torch.Tensor  # [P, Lp] int64
     last_frame: torch.Tensor  # [P, F] the last context frame's codes (stand-in for invalid tokens)
-    targets: torch.Tensor  # [P, 3, H, W] uint8 true next frames
-    rollout: Rollout | None = None  # tokens / logprobs / mask [P*G, F]
-    frames: torch.Tensor | None = None  # [P*G, 3, H, W] decoded predictions in [0, 1]
+    targets: torch.Tensor  # [P, 3, H, W] uint8 true next frames; multi-step [P, S, 3, H, W]
+    forced: torch.Tensor | None = None  # multi-step: [P, R] the response's given action tokens (0 elsewhere)
+    rollout: Rollout | None = None  # tokens / logprobs / mask [P*G, R] (R = F single-step, S (F + A) multi-step)
+    frames: torch.Tensor | None = None  # [P*G, 3, H, W] decoded predictions in [0, 1]; multi-step [P*G, S, 3, H, W]
+    codes: torch.Tensor | None = None  # [P*G, S, F] the frame codes decoded
     rewards: torch.Tensor | None = None  # [P*G]
     advantages: torch.Tensor | None = None  # [P*G]
-    ref_logp: torch.Tensor | None = None  # [P*G, F]
+    ref_logp: torch.Tensor | None = None  # [P*G, R]
     metrics: dict = field(default_factory=dict)
 
 
-class VideoClips:
-    """Clips of one split: prompt token ids for the layout plus the true next frame's pixels (kept in memory)."""
+Layout = SingleStepLayout | MultiStepLayout
 
-    def __init__(self, ds: EpisodeDataset, tokenizer: FrameTokenizer, actions: ActionTokenizer,
-                 layout: SingleStepLayout, stride: int, device: torch.device, *, seed: int = 0,
-                 random_start: bool = True, clips_per_episode: int | None = None):
+
+def _future(layout: Layout) -> int:
+    """Predicted frames per response: S for the multi-step layout, 1 for the single-step one."""
+    return layout.future_frames if isinstance(layout, MultiStepLayout) else 1
+
+
+class VideoClips:
+    """Clips of one split: prompt token ids (and, multi-step, the forced action tokens) for the layout plus
+    the true future frames' pixels (kept in memory)."""
+
+    def __init__(self, ds: EpisodeDataset, tokenizer: FrameTokenizer, actions: ActionTokenizer, layout: Layout,
+                 stride: int, device: torch.device, *, seed: int = 0, random_start: bool = True,
+                 clips_per_episode: int | None = None):
         acts = [actions.encode(stride_mean_actions(ds[i]["action"], stride)) for i in range(len(ds))]
         kw = {} if clips_per_episode is None else {"clips_per_episode": clips_per_episode}
         self.clips = ClipTokens(ds, encode_episodes(ds, tokenizer, device), acts, layout.context_frames, stride,
-                                seed=seed, random_start=random_start, **kw)
+                                seed=seed, random_start=random_start, future_frames=_future(layout), **kw)
         self.images = [ds[i]["image"] for i in range(len(ds))]                     # [T, H, W, 3] uint8 each
         self.layout = layout
 
-    def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prompts [N, Lp], last context frame codes [N, F], true next frames [N, 3, H, W] uint8)."""
-        frames, acts = self.clips.gather(pairs)                                     # [N, n + 1, F], [N, n, A]
+    def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(prompts [N, Lp], last context frame codes [N, F], true future frames [N, 3, H, W] uint8 (multi-step
+        [N, S, 3, H, W]), forced action tokens [N, R] or None)."""
+        frames, acts = self.clips.gather(pairs)                                     # [N, n + S, F], [N, n (+ S), A]
         n = self.layout.context_frames
         prompts = self.layout.build_prompt(frames[:, :n], acts)
-        target = np.stack([self.images[e][self.clips.target_index(s)] for e, s in pairs])
-        return prompts, frames[:, n - 1], torch.from_numpy(target).permute(0, 3, 1, 2).contiguous()
+        if isinstance(self.layout, MultiStepLayout):
+            forced = self.layout.forced(acts)[0]
+            target = np.stack([self.images[e][self.clips.target_indices(s)] for e, s in pairs])  # [N, S, H, W, 3]
+            target = torch.from_numpy(target).permute(0, 1, 4, 2, 3)
+        else:
+            forced = None
+            target = np.stack([self.images[e][self.clips.target_index(s)] for e, s in pairs])
+            target = torch.from_numpy(target).permute(0, 3, 1, 2)
+        return prompts, frames[:, n - 1], target.contiguous(), forced
 
 
 # ---------------------------------------------------------------------------------------------------- state
@@ -126,7 +153,7 @@ class State:
     dist: distributed.DistInfo
     autocast: torch.dtype | None
     tokenizer: FrameTokenizer
-    layout: SingleStepLayout
+    layout: Layout
     grid: tuple[int, int]
     model: Transformer  # the policy (also the sampler)
     policy: torch.nn.Module  # HiddenStates(model), DDP-wrapped when distributed
@@ -162,7 +189,7 @@ def _model_dir(path: str) -> Path:
     return p / "model" if not (p / "layout.json").is_file() and (p / "model" / "layout.json").is_file() else p
 
 
-def _load_layout(cfg: C.GRPORun) -> tuple[Path, dict, SingleStepLayout]:
+def _load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
     if not cfg.model.init_from:
         raise ValueError("model.init_from is required: the pre-trained world model (a `rlvr-train pretrain` run "
                          "directory or its model/ directory, which holds layout.json)")
@@ -171,17 +198,27 @@ def _load_layout(cfg: C.GRPORun) -> tuple[Path, dict, SingleStepLayout]:
         raise FileNotFoundError(f"model.init_from={cfg.model.init_from}: no layout.json in {model_dir} (expected "
                                 f"the output of `rlvr-train pretrain`)")
     info = json.loads((model_dir / "layout.json").read_text())
-    if info.get("layout") != "single_step":
-        raise ValueError(f"model.init_from: layout {info.get('layout')!r} is not supported by this recipe; "
-                         f"allowed: 'single_step'")
+    kind = info.get("layout")
+    if kind not in ("single_step", "multi_step"):
+        raise ValueError(f"model.init_from: layout {kind!r} is not supported by this recipe; "
+                         f"allowed: 'single_step', 'multi_step'")
     d = cfg.data
-    for key, mine in (("context_frames", d.context_frames), ("clip_stride", d.clip_stride)):
+    info.setdefault("future_frames", 1)
+    for key, mine in (("context_frames", d.context_frames), ("clip_stride", d.clip_stride),
+                      ("future_frames", d.future_frames)):
         if info[key] != mine:
             raise ValueError(f"data.{key}={mine} does not match the pre-trained model's {key}={info[key]} "
                              f"({model_dir / 'layout.json'}); set data.{key}={info[key]}")
-    layout = SingleStepLayout(tokens_per_frame=info["tokens_per_frame"], context_frames=info["context_frames"],
-                              action_dims=info["action_dims"], codebook_size=info["codebook_size"],
-                              action_bins=info["action_bins"], eos=info["eos"])
+    common = {k: info[k] for k in ("tokens_per_frame", "context_frames", "action_dims", "codebook_size", "action_bins")}
+    if kind == "multi_step":
+        layout = MultiStepLayout(**common, context_tokens_per_frame=info["context_tokens_per_frame"],
+                                 future_frames=info["future_frames"], context_codebook_size=info["context_codebook_size"])
+        if layout.context_tokens_per_frame != layout.tokens_per_frame:
+            raise ValueError(f"model.init_from: a multi-step layout with {layout.context_tokens_per_frame} context and "
+                             f"{layout.tokens_per_frame} future tokens per frame needs the compressive tokenizer, "
+                             f"which this recipe does not drive yet")
+    else:
+        layout = SingleStepLayout(**common, eos=info["eos"])
     return model_dir, info, layout
 
 
@@ -215,6 +252,9 @@ def setup(cfg: C.GRPORun) -> State:
         raise ValueError(f"data.root {cfg.data.root} has {actions.dim}-D actions; the model expects {layout.action_dims}")
     grid = tokenizer.token_grid(*(train_ds.frame_size or train_ds[0]["image"].shape[1:3]))
     lpips, lpips_note = build_lpips(device, g.lpips_net)
+    if g.repetition_penalty and not isinstance(layout, MultiStepLayout):
+        raise ValueError(f"grpo.repetition_penalty={g.repetition_penalty} applies to multi-step models only; this "
+                         f"model's layout is single-step")
     if lpips is None and "lpips" in getattr(REWARDS[g.reward], "terms", {"lpips": 1}):
         raise ValueError(f"grpo.reward={g.reward!r} needs LPIPS, but {lpips_note.removeprefix('skipped: ')}; run "
                          f"`python -m rlvr_world.models.lpips_weights` or choose a reward without LPIPS (neg_mae)")
@@ -226,15 +266,17 @@ def setup(cfg: C.GRPORun) -> State:
     ref = _frozen_copy(model, g.ref_precision, device) if g.kl_coef > 0 else None
     stride = cfg.data.clip_stride
     train_clips = VideoClips(train_ds, tokenizer, actions, layout, stride, device, seed=tc.seed)
-    probe = ClipSampler(val_ds, layout.context_frames, 1, stride, random_start=False)
+    probe = ClipSampler(val_ds, layout.context_frames, _future(layout), stride, random_start=False)
     per_episode = -(-g.eval_prompts // len(probe.usable))
     val_clips = VideoClips(val_ds, tokenizer, actions, layout, stride, device, random_start=False,
                            clips_per_episode=per_episode)
     pairs = val_clips.clips.sampler.plan()[: g.eval_prompts]
-    prompts, last, targets = val_clips.take(pairs)
-    copy_frames = decode_tokens(tokenizer, last.to(device), grid, 64)
-    val = {"prompts": prompts, "last_frame": last, "targets": targets.to(device),
-           "copy": _frame_scores(copy_frames, targets.to(device), 1, lpips)}
+    prompts, last, targets, forced = val_clips.take(pairs)
+    copy_frames = decode_tokens(tokenizer, last.to(device), grid, 64)               # [N, 3, H, W]
+    if targets.dim() == 5:  # multi-step: the last context frame for every future step
+        copy_frames = copy_frames[:, None].expand(-1, targets.shape[1], -1, -1, -1)
+    val = {"prompts": prompts, "last_frame": last, "targets": targets.to(device), "forced": forced,
+           "copy": _metrics(copy_frames, targets.to(device), 1, lpips)}
 
     model.train()
     policy = distributed.wrap_ddp(distributed.HiddenStates(model), dist)
@@ -255,7 +297,8 @@ def setup(cfg: C.GRPORun) -> State:
         s.logger = NullLogger()
         n_params = sum(p.numel() for p in model.parameters())
         s.logger.write(f"GRPO on {model_dir}: {n_params / 1e6:.2f} M parameters, {layout.prompt_len}-token prompts, "
-                       f"{layout.tokens_per_frame} sampled tokens per response; {g.prompts_per_step} prompts x "
+                       f"{layout.response_len} tokens per response ({_future(layout)} frame(s) of "
+                       f"{layout.tokens_per_frame}); {g.prompts_per_step} prompts x "
                        f"{g.group_size} samples per step on {dist.world_size} rank(s); reward {g.reward}; "
                        f"{len(prompts)} val clips x {g.eval_samples} samples")
         if latest is not None:
@@ -269,41 +312,62 @@ def prompts(s: State) -> Batch:
     P = s.cfg.grpo.prompts_per_step
     mine = distributed.shard(P, s.dist)
     pairs = s.train_clips.clips.pairs(s.step, P)[mine]
-    ids, last, targets = s.train_clips.take(pairs)
+    ids, last, targets, forced = s.train_clips.take(pairs)
     global_ids = torch.arange(s.step * P, (s.step + 1) * P)[mine]
-    return Batch(global_ids, ids.to(s.device), last.to(s.device), targets.to(s.device))
+    return Batch(global_ids, ids.to(s.device), last.to(s.device), targets.to(s.device),
+                 None if forced is None else forced.to(s.device))
+
+
+def _generate(s: State, prompts: torch.Tensor, forced: torch.Tensor | None, **kw) -> Rollout:
+    """``rollout.generate`` over the layout's response (multi-step: the action tokens forced, never sampled)."""
+    if forced is None:
+        return generate(s.model, prompts, max_new_tokens=s.layout.response_len - int(s.layout.eos), **kw)
+    mask = s.layout.forced(torch.zeros(1, s.layout.num_actions, s.layout.action_dims, dtype=torch.long))[1]
+    return generate(s.model, prompts, max_new_tokens=s.layout.response_len, forced_tokens=forced,
+                    forced_mask=mask, **kw)
 
 
 def rollout(s: State, b: Batch) -> Batch:
     g = s.cfg.grpo
     s.model.eval()
-    b.rollout = generate(s.model, b.prompts, group_size=g.group_size, max_new_tokens=s.layout.tokens_per_frame,
-                         temperature=g.temperature, seed=s.cfg.train.seed, sequence_ids=b.prompt_ids)
+    b.rollout = _generate(s, b.prompts, b.forced, group_size=g.group_size, temperature=g.temperature,
+                          seed=s.cfg.train.seed, sequence_ids=b.prompt_ids)
     s.model.train()
     return b
 
 
-def _frames(s: State, tokens: torch.Tensor, last_frame: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled frame tokens [P*G, F] -> (decoded frames [P*G, 3, H, W], invalid-token share [P*G])."""
-    invalid = tokens >= s.layout.codebook_size                                      # [P*G, F]
-    codes = torch.where(invalid, last_frame.repeat_interleave(group, dim=0), tokens)
+def _codes(s: State, tokens: torch.Tensor) -> torch.Tensor:
+    """Response tokens [B, R] -> the sampled frame tokens [B, S, F] (S = 1 single-step)."""
+    F_, S = s.layout.tokens_per_frame, _future(s.layout)
+    if S == 1:
+        return tokens[:, None, :F_]
+    return tokens.view(len(tokens), S, -1)[:, :, :F_]
+
+
+def _frames(s: State, tokens: torch.Tensor, last_frame: torch.Tensor, group: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Response tokens [P*G, R] -> (decoded frames [P*G, 3, H, W] or, multi-step, [P*G, S, 3, H, W]; the codes
+    decoded [P*G, S, F]; invalid-token share [P*G])."""
+    codes = _codes(s, tokens)                                                       # [P*G, S, F]
+    invalid = codes >= s.layout.codebook_size
+    codes = torch.where(invalid, last_frame.repeat_interleave(group, dim=0)[:, None], codes)
     with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
-        frames = decode_tokens(s.tokenizer, codes, s.grid, 256)                     # bf16 on a GPU
-    return frames.float().clamp(0, 1), invalid.float().mean(dim=1)
+        frames = decode_tokens(s.tokenizer, codes.flatten(0, 1), s.grid, 256)      # bf16 on a GPU
+    frames = frames.float().clamp(0, 1).unflatten(0, codes.shape[:2])               # [P*G, S, 3, H, W]
+    return (frames if _future(s.layout) > 1 else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
 
 
 def decode(s: State, b: Batch) -> Batch:
-    b.frames, invalid = _frames(s, b.rollout.tokens, b.last_frame, s.cfg.grpo.group_size)
+    b.frames, b.codes, invalid = _frames(s, b.rollout.tokens, b.last_frame, s.cfg.grpo.group_size)
     b.metrics["invalid_token_frac"] = invalid.mean().item()
     return b
 
 
-def _frame_scores(pred: torch.Tensor, target: torch.Tensor, group: int, lpips) -> dict[str, torch.Tensor]:
-    """Per-sample MAE/MSE/PSNR/SSIM (and LPIPS) of pred [B, 3, H, W] against target [B / group, 3, H, W]."""
-    out = frame_metrics(pred, target, group, PIXEL_METRICS)
-    if lpips is not None:
-        out["lpips"] = lpips(pred, target, group_size=group)
-    return out
+def _metrics(pred: torch.Tensor, target: torch.Tensor, group: int, lpips) -> dict[str, torch.Tensor]:
+    """Per-sample MAE/MSE/PSNR/SSIM (and LPIPS) of pred [B, (S,) 3, H, W] against target [B / group, (S,) 3, H, W],
+    averaged over the S frames."""
+    names = PIXEL_METRICS + (("lpips",) if lpips is not None else ())
+    return video_reward(pred, target, {"mae": 0.0}, group_size=group, lpips=lpips, metrics=names)[1]
 
 
 @torch.no_grad()
@@ -313,15 +377,25 @@ def _reward(s: State, frames: torch.Tensor, targets: torch.Tensor, group: int) -
     fn = REWARDS[s.cfg.grpo.reward]
     terms = getattr(fn, "terms", None)
     if terms is None:
-        return fn(frames, targets, group_size=group, lpips=s.lpips).float(), _frame_scores(frames, targets, group, s.lpips)
+        return fn(frames, targets, group_size=group, lpips=s.lpips).float(), _metrics(frames, targets, group, s.lpips)
     names = PIXEL_METRICS + (("lpips",) if s.lpips is not None else ())
     reward, scores = video_reward(frames, targets, terms, group_size=group, lpips=s.lpips, metrics=names)
     return reward.float(), scores
 
 
+def _repetition(s: State, codes: torch.Tensor, last_frame: torch.Tensor, group: int) -> torch.Tensor:
+    """Multi-step: per-sample share of predicted frames identical to the frame before (the first one compared
+    with the last context frame), ``rewards.repetition_rate``: [B]."""
+    return repetition_rate(codes, previous=last_frame.repeat_interleave(group, dim=0))
+
+
 def score(s: State, b: Batch) -> Batch:
     """Rewards [P*G] against the true next frames (read once per group) and the per-metric means."""
-    b.rewards, scores = _reward(s, b.frames, b.targets, s.cfg.grpo.group_size)
+    g = s.cfg.grpo
+    b.rewards, scores = _reward(s, b.frames, b.targets, g.group_size)
+    if _future(s.layout) > 1:
+        scores["repetition_rate"] = _repetition(s, b.codes, b.last_frame, g.group_size)
+        b.rewards = b.rewards - g.repetition_penalty * scores["repetition_rate"]
     b.metrics.update({k: v.mean().item() for k, v in scores.items()})
     return b
 
@@ -456,15 +530,21 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         g, v = s.cfg.grpo, s.val
         S = g.eval_samples
         s.model.eval()
-        r = generate(s.model, v["prompts"].to(s.device), group_size=S, max_new_tokens=s.layout.tokens_per_frame,
-                     temperature=g.eval_temperature, top_k=g.eval_top_k, seed=s.cfg.train.seed + EVAL_SEED_OFFSET)
+        forced = None if v["forced"] is None else v["forced"].to(s.device)
+        r = _generate(s, v["prompts"].to(s.device), forced, group_size=S, temperature=g.eval_temperature,
+                      top_k=g.eval_top_k, seed=s.cfg.train.seed + EVAL_SEED_OFFSET)
         s.model.train()
-        frames, invalid = _frames(s, r.tokens, v["last_frame"].to(s.device), S)
+        last = v["last_frame"].to(s.device)
+        frames, codes, invalid = _frames(s, r.tokens, last, S)
         reward, scores = _reward(s, frames, v["targets"], S)
+        if _future(s.layout) > 1:
+            scores["repetition_rate"] = _repetition(s, codes, last, S)
+            reward = reward - g.repetition_penalty * scores["repetition_rate"]
         out = {"reward": reward.mean().item(), **{k: x.mean().item() for k, x in scores.items()},
                "invalid_token_frac": invalid.mean().item(), "clips": len(v["prompts"]), "samples": S,
                **{f"copy_{k}": x.mean().item() for k, x in v["copy"].items()}}
-        s.samples["before" if s.step == 0 else "after"] = frames[::S].cpu()
+        first = frames[::S]                                                         # [clips, (S,) 3, H, W]
+        s.samples["before" if s.step == 0 else "after"] = (first[:, -1] if first.dim() == 5 else first).cpu()
         s.logger.log(s.step, out, kind="eval")
         out["clip_rewards"] = reward.view(-1, S).mean(dim=1).tolist()  # [clips]: for paired before/after statistics
         if s.step == 0 and not s.before:

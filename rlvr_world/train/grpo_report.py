@@ -19,10 +19,11 @@ from .pretrain import decode_tokens
 
 __all__ = ["HIGHER_IS_BETTER", "comparison_table", "paired_change", "write_report"]
 
-HIGHER_IS_BETTER = {"reward": True, "mae": False, "mse": False, "psnr": True, "ssim": True, "lpips": False}
+HIGHER_IS_BETTER = {"reward": True, "mae": False, "mse": False, "psnr": True, "ssim": True, "lpips": False,
+                    "repetition_rate": False}
 TRAIN_CURVES = ["reward_mean", "mae", "lpips", "kl_mean", "clip_frac_low", "clip_frac_high", "grad_norm",
                 "invalid_token_frac", "time_step"]
-EVAL_CURVES = ["reward", "mae", "lpips", "psnr", "ssim"]
+EVAL_CURVES = ["reward", "mae", "lpips", "psnr", "ssim", "repetition_rate"]
 
 
 def _comparison(before: dict, after: dict) -> list[dict]:
@@ -85,13 +86,15 @@ def write_report(s, result: dict) -> Path:
     if "after" in s.samples:
         v = s.val
         n = min(8, len(v["targets"]))
+        truth = v["targets"][:n]
+        multi = truth.dim() == 5  # multi-step: the last of the S predicted frames
         cols = {"last context frame": decode_tokens(s.tokenizer, v["last_frame"][:n].to(s.device), s.grid, n).cpu(),
-                "ground truth": v["targets"][:n].cpu()}
+                "ground truth": (truth[:, -1] if multi else truth).cpu()}
         if "before" in s.samples:
             cols["pre-trained"] = s.samples["before"][:n]
         cols["after GRPO"] = s.samples["after"][:n]
         rep.image(frame_grid(cols, out / "samples.png", max_rows=n, diff=("ground truth", "after GRPO")),
-                  "held-out samples")
+                  "held-out samples" + (f" (the last of {truth.shape[1]} predicted frames)" if multi else ""))
     rep.text("Metrics of every step: `metrics.jsonl` (kind `train`: per RL step; kind `eval`: validation).")
     return rep.write(out / "report.md")
 

@@ -172,7 +172,7 @@ def test_truncated_training_samples_are_refused():
 
 
 def test_an_lpips_reward_without_weights_is_a_clear_error(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(recipe, "build_lpips", lambda device: (None, "skipped: no ImageNet VGG16 LPIPS weights"))
+    monkeypatch.setattr(recipe, "build_lpips", lambda device, net: (None, "skipped: no ImageNet VGG16 LPIPS weights"))
     with pytest.raises(ValueError, match="needs LPIPS"):
         recipe.run(_cfg(assets, pretrained, tmp_path / "run", "grpo.reward=neg_mae_lpips"))
 
@@ -254,3 +254,60 @@ def test_shipped_config_continues_the_shipped_pretraining():
     cfg, pre = C.load_config("grpo", path), C.load_config("pretrain", configs / "pretrain_sim64.yaml")
     assert cfg.model.init_from == pre.train.out_dir and cfg.data.root == pre.data.root
     assert (cfg.data.context_frames, cfg.data.clip_stride) == (pre.data.context_frames, pre.data.clip_stride)
+
+
+# ------------------------------------------------------------------------------------------- multi-step
+@pytest.fixture(scope="module")
+def pretrained_multistep(assets, tmp_path_factory):  # noqa: F811
+    root, tok = assets
+    out = tmp_path_factory.mktemp("pretrained_multistep")
+    cfg = C.load_config("pretrain", overrides=[
+        f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out}", "data.context_frames=2",
+        "data.future_frames=3", "data.clip_stride=1", "model.name=vwm-tiny",
+        "model.overrides={dim: 32, n_layers: 2, intermediate_size: 64}", "train.batch_size=4", "train.steps=4",
+        "train.lr=3e-3", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=0", "progress=false"])
+    pretrain.run(cfg)
+    return out
+
+
+def test_multistep_grpo_samples_frames_and_injects_the_actions(assets, pretrained_multistep, tmp_path):  # noqa: F811
+    cfg = _cfg(assets, pretrained_multistep, tmp_path / "run", "data.future_frames=3", "grpo.repetition_penalty=0.5",
+               "train.steps=2")
+    s = recipe.setup(cfg)
+    lay = s.layout
+    assert lay.future_frames == 3 and lay.response_len == 3 * (lay.tokens_per_frame + lay.action_dims)
+    b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
+    G = cfg.grpo.group_size
+    forced_mask = lay.forced(torch.zeros(1, lay.num_actions, lay.action_dims, dtype=torch.long))[1]
+    r = b.rollout
+    assert r.tokens.shape == (4 * G, lay.response_len)
+    assert not r.mask[:, forced_mask].any() and r.mask[:, ~forced_mask].all()
+    assert (r.logprobs[:, forced_mask] == 0).all()
+    # the injected tokens are the clips' true actions, the same for the G samples of a prompt
+    assert torch.equal(r.tokens[:, forced_mask], b.forced.repeat_interleave(G, dim=0)[:, forced_mask])
+    assert b.frames.shape[:2] == (4 * G, 3) and b.targets.shape[:2] == (4, 3)
+    assert 0.0 <= b.metrics["repetition_rate"] <= 1.0
+    check = recipe._logprob_check(s, b)
+    assert check["logprob_max_abs_diff"] < 1e-5
+    s.logger.close()
+    result = recipe.run(_cfg(assets, pretrained_multistep, tmp_path / "full", "data.future_frames=3", "train.steps=2"))
+    assert "repetition_rate" in result["after"] and (tmp_path / "full" / "report.md").is_file()
+    assert json.loads((tmp_path / "full" / "model" / "layout.json").read_text())["layout"] == "multi_step"
+
+
+def test_repetition_penalty_lowers_the_reward_of_repeated_frames(assets, pretrained_multistep, tmp_path):  # noqa: F811
+    rewards = {}
+    for coef in (0.0, 1.0):
+        s = recipe.setup(_cfg(assets, pretrained_multistep, tmp_path / f"r{coef}", "data.future_frames=3",
+                              f"grpo.repetition_penalty={coef}"))
+        b = recipe.decode(s, recipe.rollout(s, recipe.prompts(s)))
+        # every predicted frame repeats the one before (the first: the prompt's last context frame): rate 1
+        b.codes[:] = b.last_frame.repeat_interleave(s.cfg.grpo.group_size, dim=0)[:, None]
+        rewards[coef] = recipe.score(s, b).rewards
+        s.logger.close()
+    assert torch.allclose(rewards[1.0], rewards[0.0] - 1.0)
+
+
+def test_repetition_penalty_needs_a_multistep_model(assets, pretrained, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="multi-step models only"):
+        recipe.run(_cfg(assets, pretrained, tmp_path / "run", "grpo.repetition_penalty=0.1"))
