@@ -55,7 +55,6 @@ Choices:
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +64,8 @@ import numpy as np
 import torch
 
 from rlvr_world import config as C
-from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset, stride_mean_actions
-from rlvr_world.data.video_layout import MultiStepLayout, SingleStepLayout
+from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset
+from rlvr_world.data.video_layout import MultiStepLayout
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import Transformer
 from rlvr_world.ops import grpo_loss, token_logprobs
@@ -75,8 +74,9 @@ from rlvr_world.rl import Rollout, grpo_advantages
 from rlvr_world.rollout import generate
 
 from . import checkpoint, distributed, loop
+from .grpo_data import Layout, VideoClips, future_frames, load_layout, model_dir_of
 from .logging import MetricLogger, NullLogger
-from .pretrain import ACTION_BINS, ClipTokens, build_lpips, decode_tokens, encode_episodes, tokenizer_dir
+from .pretrain import ACTION_BINS, build_lpips, decode_tokens, tokenizer_dir
 from .schedule import autocast_dtype, lr_factor
 
 __all__ = ["Batch", "State", "run", "setup"]
@@ -104,45 +104,6 @@ class Batch:
     advantages: torch.Tensor | None = None  # [P*G]
     ref_logp: torch.Tensor | None = None  # [P*G, R]
     metrics: dict = field(default_factory=dict)
-
-
-Layout = SingleStepLayout | MultiStepLayout
-
-
-def _future(layout: Layout) -> int:
-    """Predicted frames per response: S for the multi-step layout, 1 for the single-step one."""
-    return layout.future_frames if isinstance(layout, MultiStepLayout) else 1
-
-
-class VideoClips:
-    """Clips of one split: prompt token ids (and, multi-step, the forced action tokens) for the layout plus
-    the true future frames' pixels (kept in memory)."""
-
-    def __init__(self, ds: EpisodeDataset, tokenizer: FrameTokenizer, actions: ActionTokenizer, layout: Layout,
-                 stride: int, device: torch.device, *, seed: int = 0, random_start: bool = True,
-                 clips_per_episode: int | None = None):
-        acts = [actions.encode(stride_mean_actions(ds[i]["action"], stride)) for i in range(len(ds))]
-        kw = {} if clips_per_episode is None else {"clips_per_episode": clips_per_episode}
-        self.clips = ClipTokens(ds, encode_episodes(ds, tokenizer, device), acts, layout.context_frames, stride,
-                                seed=seed, random_start=random_start, future_frames=_future(layout), **kw)
-        self.images = [ds[i]["image"] for i in range(len(ds))]                     # [T, H, W, 3] uint8 each
-        self.layout = layout
-
-    def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(prompts [N, Lp], last context frame codes [N, F], true future frames [N, 3, H, W] uint8 (multi-step
-        [N, S, 3, H, W]), forced action tokens [N, R] or None)."""
-        frames, acts = self.clips.gather(pairs)                                     # [N, n + S, F], [N, n (+ S), A]
-        n = self.layout.context_frames
-        prompts = self.layout.build_prompt(frames[:, :n], acts)
-        if isinstance(self.layout, MultiStepLayout):
-            forced = self.layout.forced(acts)[0]
-            target = np.stack([self.images[e][self.clips.target_indices(s)] for e, s in pairs])  # [N, S, H, W, 3]
-            target = torch.from_numpy(target).permute(0, 1, 4, 2, 3)
-        else:
-            forced = None
-            target = np.stack([self.images[e][self.clips.target_index(s)] for e, s in pairs])
-            target = torch.from_numpy(target).permute(0, 3, 1, 2)
-        return prompts, frames[:, n - 1], target.contiguous(), forced
 
 
 # ---------------------------------------------------------------------------------------------------- state
@@ -184,44 +145,6 @@ class State:
         return distributed.all_reduce_sum(torch.tensor([float(flag)], device=self.device), self.dist).item() > 0
 
 
-def _model_dir(path: str) -> Path:
-    p = Path(path)
-    return p / "model" if not (p / "layout.json").is_file() and (p / "model" / "layout.json").is_file() else p
-
-
-def _load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
-    if not cfg.model.init_from:
-        raise ValueError("model.init_from is required: the pre-trained world model (a `rlvr-train pretrain` run "
-                         "directory or its model/ directory, which holds layout.json)")
-    model_dir = _model_dir(cfg.model.init_from)
-    if not (model_dir / "layout.json").is_file():
-        raise FileNotFoundError(f"model.init_from={cfg.model.init_from}: no layout.json in {model_dir} (expected "
-                                f"the output of `rlvr-train pretrain`)")
-    info = json.loads((model_dir / "layout.json").read_text())
-    kind = info.get("layout")
-    if kind not in ("single_step", "multi_step"):
-        raise ValueError(f"model.init_from: layout {kind!r} is not supported by this recipe; "
-                         f"allowed: 'single_step', 'multi_step'")
-    d = cfg.data
-    info.setdefault("future_frames", 1)
-    for key, mine in (("context_frames", d.context_frames), ("clip_stride", d.clip_stride),
-                      ("future_frames", d.future_frames)):
-        if info[key] != mine:
-            raise ValueError(f"data.{key}={mine} does not match the pre-trained model's {key}={info[key]} "
-                             f"({model_dir / 'layout.json'}); set data.{key}={info[key]}")
-    common = {k: info[k] for k in ("tokens_per_frame", "context_frames", "action_dims", "codebook_size", "action_bins")}
-    if kind == "multi_step":
-        layout = MultiStepLayout(**common, context_tokens_per_frame=info["context_tokens_per_frame"],
-                                 future_frames=info["future_frames"], context_codebook_size=info["context_codebook_size"])
-        if layout.context_tokens_per_frame != layout.tokens_per_frame:
-            raise ValueError(f"model.init_from: a multi-step layout with {layout.context_tokens_per_frame} context and "
-                             f"{layout.tokens_per_frame} future tokens per frame needs the compressive tokenizer, "
-                             f"which this recipe does not drive yet")
-    else:
-        layout = SingleStepLayout(**common, eos=info["eos"])
-    return model_dir, info, layout
-
-
 def _frozen_copy(model: Transformer, precision: str, device: torch.device) -> Transformer:
     dtype = torch.float32 if precision == "fp32" or (precision == "auto" and device.type != "cuda") else torch.bfloat16
     return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
@@ -230,7 +153,7 @@ def _frozen_copy(model: Transformer, precision: str, device: torch.device) -> Tr
 def setup(cfg: C.GRPORun) -> State:
     """Everything a run needs, checked before any work; restores the latest checkpoint when resuming."""
     tc, g = cfg.train, cfg.grpo
-    model_dir, info, layout = _load_layout(cfg)
+    model_dir, info, layout = load_layout(cfg)
     if g.reward not in REWARDS:
         raise ValueError(f"grpo.reward must be one of {sorted(REWARDS)}, got {g.reward!r}")
     dist = distributed.init()
@@ -266,7 +189,7 @@ def setup(cfg: C.GRPORun) -> State:
     ref = _frozen_copy(model, g.ref_precision, device) if g.kl_coef > 0 else None
     stride = cfg.data.clip_stride
     train_clips = VideoClips(train_ds, tokenizer, actions, layout, stride, device, seed=tc.seed)
-    probe = ClipSampler(val_ds, layout.context_frames, _future(layout), stride, random_start=False)
+    probe = ClipSampler(val_ds, layout.context_frames, future_frames(layout), stride, random_start=False)
     per_episode = -(-g.eval_prompts // len(probe.usable))
     val_clips = VideoClips(val_ds, tokenizer, actions, layout, stride, device, random_start=False,
                            clips_per_episode=per_episode)
@@ -297,7 +220,7 @@ def setup(cfg: C.GRPORun) -> State:
         s.logger = NullLogger()
         n_params = sum(p.numel() for p in model.parameters())
         s.logger.write(f"GRPO on {model_dir}: {n_params / 1e6:.2f} M parameters, {layout.prompt_len}-token prompts, "
-                       f"{layout.response_len} tokens per response ({_future(layout)} frame(s) of "
+                       f"{layout.response_len} tokens per response ({future_frames(layout)} frame(s) of "
                        f"{layout.tokens_per_frame}); {g.prompts_per_step} prompts x "
                        f"{g.group_size} samples per step on {dist.world_size} rank(s); reward {g.reward}; "
                        f"{len(prompts)} val clips x {g.eval_samples} samples")
@@ -338,7 +261,7 @@ def rollout(s: State, b: Batch) -> Batch:
 
 def _codes(s: State, tokens: torch.Tensor) -> torch.Tensor:
     """Response tokens [B, R] -> the sampled frame tokens [B, S, F] (S = 1 single-step)."""
-    F_, S = s.layout.tokens_per_frame, _future(s.layout)
+    F_, S = s.layout.tokens_per_frame, future_frames(s.layout)
     if S == 1:
         return tokens[:, None, :F_]
     return tokens.view(len(tokens), S, -1)[:, :, :F_]
@@ -354,7 +277,7 @@ def _frames(s: State, tokens: torch.Tensor, last_frame: torch.Tensor, group: int
     with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
         frames = decode_tokens(s.tokenizer, codes.flatten(0, 1), s.grid, 256)      # bf16 on a GPU
     frames = frames.float().clamp(0, 1).unflatten(0, codes.shape[:2])               # [P*G, S, 3, H, W]
-    return (frames if _future(s.layout) > 1 else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
+    return (frames if future_frames(s.layout) > 1 else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
 
 
 def decode(s: State, b: Batch) -> Batch:
@@ -393,7 +316,7 @@ def score(s: State, b: Batch) -> Batch:
     """Rewards [P*G] against the true next frames (read once per group) and the per-metric means."""
     g = s.cfg.grpo
     b.rewards, scores = _reward(s, b.frames, b.targets, g.group_size)
-    if _future(s.layout) > 1:
+    if future_frames(s.layout) > 1:
         scores["repetition_rate"] = _repetition(s, b.codes, b.last_frame, g.group_size)
         b.rewards = b.rewards - g.repetition_penalty * scores["repetition_rate"]
     b.metrics.update({k: v.mean().item() for k, v in scores.items()})
@@ -537,7 +460,7 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         last = v["last_frame"].to(s.device)
         frames, codes, invalid = _frames(s, r.tokens, last, S)
         reward, scores = _reward(s, frames, v["targets"], S)
-        if _future(s.layout) > 1:
+        if future_frames(s.layout) > 1:
             scores["repetition_rate"] = _repetition(s, codes, last, S)
             reward = reward - g.repetition_penalty * scores["repetition_rate"]
         out = {"reward": reward.mean().item(), **{k: x.mean().item() for k, x in scores.items()},
@@ -583,7 +506,7 @@ def finish(s: State) -> dict:
     if s.dist.is_main:
         s.model.save_pretrained(model_dir)
         C.to_yaml(s.cfg, model_dir / "train_config.yaml")
-        src = _model_dir(s.cfg.model.init_from)
+        src = model_dir_of(s.cfg.model.init_from)
         (model_dir / "layout.json").write_text((src / "layout.json").read_text())
         from .grpo_report import write_report
 
