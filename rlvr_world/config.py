@@ -508,21 +508,24 @@ def _grpo_rt1() -> GRPORun:
                         eval_prompts=256, eval_samples=1, eval_top_k=100))
 
 
-# the quick start's sizes (train.quickstart): all four stages under runs/<size>/, 64x64 drawer episodes,
-# the sim-64 tokenizer (8x8 tokens), vwm-tiny with 2 context frames 2 stored frames apart
+# the quick start's sizes (train.quickstart): all four stages under runs/<size>/, 64x64 drawer episodes, the
+# sim-64 tokenizer (8x8 tokens), vwm-tiny with 2 context frames 2 stored frames apart. Measured on 2 shared CPU
+# cores with OMP_NUM_THREADS=1: quickstart collect ~50-85 s, tokenizer ~3 min, pretrain ~5 min, GRPO ~2-4 min;
+# smoke ~10 + 45 + 45 s before GRPO.
 QUICK = {
-    #            episodes/task  env steps  tokenizer steps  pretrain steps  grpo steps  prompts  group
-    "quickstart": dict(episodes=50, max_steps=100, tokenizer_steps=400, pretrain_steps=1200, grpo_steps=30,
-                       prompts=8, group=8, eval_prompts=64),
-    "smoke": dict(episodes=6, max_steps=60, tokenizer_steps=120, pretrain_steps=250, grpo_steps=8,
-                  prompts=4, group=8, eval_prompts=16),
+    "quickstart": {"episodes": 50, "max_steps": 100, "workers": 2, "tokenizer_steps": 400, "tokenizer_lr": 2e-3,
+                   "pretrain_steps": 1000, "grpo_steps": 40, "prompts": 8, "mini_batch": 4, "group": 8,
+                   "eval_prompts": 64, "eval_every": 20},
+    "smoke": {"episodes": 6, "max_steps": 50, "workers": 1, "tokenizer_steps": 100, "tokenizer_lr": 1e-3,
+              "pretrain_steps": 160, "grpo_steps": 10, "prompts": 4, "mini_batch": 2, "group": 8,
+              "eval_prompts": 16, "eval_every": 5},
 }
 
 
 def _quick_data(size: str) -> DataConfig:
     q = QUICK[size]
     return DataConfig(root=f"runs/{size}/data", tasks=["drawer-open", "drawer-close"], episodes_per_task=q["episodes"],
-                      image_size=64, max_steps=q["max_steps"], frame_skip=2, workers=2, context_frames=2,
+                      image_size=64, max_steps=q["max_steps"], frame_skip=2, workers=q["workers"], context_frames=2,
                       clip_stride=2)
 
 
@@ -534,7 +537,7 @@ def _tokenizer_quick(size: str) -> TokenizerRun:
     steps = QUICK[size]["tokenizer_steps"]
     return TokenizerRun(
         data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64", lpips_weight=0.0),
-        train=TrainConfig(lr=1e-3, warmup_steps=min(50, steps // 4), schedule="cosine", min_lr_ratio=0.1,
+        train=TrainConfig(lr=QUICK[size]["tokenizer_lr"], warmup_steps=min(50, steps // 5), schedule="cosine", min_lr_ratio=0.1,
                           betas=[0.9, 0.99], batch_size=8, steps=steps, eval_every=0, eval_batches=4,
                           checkpoint_every=100, keep_checkpoints=1, out_dir=f"runs/{size}/tokenizer", resume=True))
 
@@ -545,7 +548,7 @@ def _pretrain_quick(size: str) -> PretrainRun:
         data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64",
                                                           checkpoint=f"runs/{size}/tokenizer"),
         model=ModelConfig(name="vwm-tiny"),
-        train=TrainConfig(lr=1e-3, warmup_steps=min(50, steps // 4), schedule="cosine", min_lr_ratio=0.1,
+        train=TrainConfig(lr=2e-3, warmup_steps=min(50, steps // 8), schedule="cosine", min_lr_ratio=0.1,
                           weight_decay=0.01, batch_size=16, steps=steps, eval_every=0, eval_batches=4,
                           checkpoint_every=200, keep_checkpoints=1, out_dir=f"runs/{size}/pretrain", resume=True,
                           token_noise=0.1))
@@ -557,9 +560,9 @@ def _grpo_quick(size: str) -> GRPORun:
         data=_quick_data(size), tokenizer=TokenizerConfig(kind="frame", name="sim-64"),
         model=ModelConfig(name="vwm-tiny", init_from=f"runs/{size}/pretrain"),
         train=TrainConfig(lr=1e-4, schedule="constant", betas=[0.9, 0.999], grad_clip=1.0, steps=q["grpo_steps"],
-                          eval_every=max(1, q["grpo_steps"] // 3), checkpoint_every=10, keep_checkpoints=1,
+                          eval_every=q["eval_every"], checkpoint_every=10, keep_checkpoints=1,
                           log_every=1, out_dir=f"runs/{size}/grpo", resume=True),
-        grpo=GRPOConfig(group_size=q["group"], prompts_per_step=q["prompts"], mini_batch_prompts=q["prompts"],
+        grpo=GRPOConfig(group_size=q["group"], prompts_per_step=q["prompts"], mini_batch_prompts=q["mini_batch"],
                         kl_coef=1e-3, reward="neg_mae_lpips", lpips_net="alex", micro_batch_size=64,
                         eval_prompts=q["eval_prompts"],
                         eval_samples=4, eval_top_k=100))
