@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.recipe is None:
         from .train import quickstart
 
-        return quickstart.run("smoke" if args.smoke else "quickstart", AVAILABLE)
+        return quickstart.run("smoke" if args.smoke else "quickstart")
     if args.smoke:
         print(f"rlvr-train: --smoke goes without a recipe (it runs the quick start), got recipe {args.recipe!r}; "
               f"use `rlvr-train {args.recipe} --preset smoke` for the recipe's smoke preset", file=sys.stderr)

@@ -52,9 +52,9 @@ def test_no_recipe_runs_the_quick_start(argv, size, monkeypatch):
     from rlvr_world.train import quickstart
 
     calls = []
-    monkeypatch.setattr(quickstart, "run", lambda s, runners: calls.append((s, runners)) or 0)
+    monkeypatch.setattr(quickstart, "run", lambda s: calls.append(s) or 0)
     assert cli.main(argv) == 0
-    assert calls == [(size, cli.AVAILABLE)]
+    assert calls == [size]
 
 
 def test_smoke_with_a_recipe_is_a_usage_error(capsys, fake_collect):

@@ -10,24 +10,28 @@ of the current directory:
 4. ``grpo``       GRPO on -(MAE + LPIPS-AlexNet); its step-0 and final validations on the same held-out clips, with
                   the same random numbers, are the before/after evaluation -> ``grpo/report.md``
 
-Choices: a stage whose output is complete is skipped and an interrupted one resumes from its checkpoint,
+Choices: each stage runs as its own command in a child process (``python -m rlvr_world.cli STAGE --preset
+STAGE-SIZE``), exactly as a user would type it, so one stage's state (the simulator's offscreen GL context,
+memory) never reaches the next. A stage whose output is complete is skipped and an interrupted one resumes
+from its checkpoint,
 so running the command again continues where it stopped (delete ``runs/<size>`` to start over). LPIPS uses
 AlexNet features here (VGG16, the paper's, costs ~10x more on a CPU; ``grpo.lpips_net``). Without the
 ImageNet LPIPS weights (``python -m rlvr_world.models.lpips_weights``, fetched by ``make quickstart``)
-the GRPO reward falls back to -MAE and the run says so. The recipes are passed in by the caller (the CLI's
-runners), so each stage prints exactly what its own command prints.
+the GRPO reward falls back to -MAE and the run says so.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rlvr_world import config as C
 
-__all__ = ["SIZES", "STAGES", "configs", "done", "run"]
+__all__ = ["SIZES", "STAGES", "configs", "done", "run", "run_command"]
 
 SIZES = ("quickstart", "smoke")
 STAGES = ("collect", "tokenizer", "pretrain", "grpo")
@@ -60,26 +64,34 @@ def _lpips_available(net: str) -> bool:
     return True
 
 
-def run(size: str, runners: Mapping[str, Callable[[C.RunConfig], int]], *, print_fn=print) -> int:
-    """Run the stages of ``size`` with ``runners`` (recipe -> runner returning an exit status); returns the
-    first non-zero status, else 0."""
+def run_command(stage: str, size: str, overrides: Sequence[str]) -> int:
+    """Run one stage as ``python -m rlvr_world.cli STAGE --preset STAGE-SIZE [key=value ...]``; its exit status."""
+    cmd = [sys.executable, "-m", "rlvr_world.cli", stage, "--preset", f"{stage}-{size}", *overrides]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def run(size: str, runner: Callable[[str, str, Sequence[str]], int] = run_command, *, print_fn=print) -> int:
+    """Run the stages of ``size``, each with ``runner(stage, size, overrides)`` (a child process by default);
+    returns the first non-zero exit status, else 0."""
     cfgs = configs(size)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    overrides: dict[str, list[str]] = {stage: [] for stage in STAGES}
     g = cfgs["grpo"].grpo
     if g.reward == "neg_mae_lpips" and not _lpips_available(g.lpips_net):
-        g.reward = "neg_mae"
+        overrides["grpo"].append("grpo.reward=neg_mae")
         print_fn(f"note: no ImageNet LPIPS ({g.lpips_net}) weights here (python -m rlvr_world.models.lpips_weights "
                  f"fetches them); the GRPO reward is -MAE instead of -(MAE + LPIPS)")
     t0 = time.perf_counter()
     for i, stage in enumerate(STAGES, 1):
         cfg = cfgs[stage]
-        cfg.check()
         if done(stage, cfg):
             print_fn(f"[{i}/{len(STAGES)}] {stage}: already done ({cfg.train.out_dir}); skipped")
             continue
-        print_fn(f"[{i}/{len(STAGES)}] {stage} (rlvr-train {stage} --preset {stage}-{size})")
+        command = " ".join(["rlvr-train", stage, "--preset", f"{stage}-{size}", *overrides[stage]])
+        print_fn(f"[{i}/{len(STAGES)}] {stage}: {command}")
+        sys.stdout.flush()  # before the child process writes
         t = time.perf_counter()
-        status = runners[stage](cfg)
+        status = runner(stage, size, overrides[stage])
         if status:
             print_fn(f"{size}: stage {stage} failed (exit status {status}); fix the error and run the same "
                      f"command again to continue")

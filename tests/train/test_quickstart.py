@@ -18,12 +18,11 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def _recorder(calls, fail=None):
-    def make(stage):
-        def runner(cfg):
-            calls.append((stage, cfg))
-            return 3 if stage == fail else 0
-        return runner
-    return {stage: make(stage) for stage in quickstart.STAGES}
+    """A runner that records (stage, the config its command would load) and fails ``fail``."""
+    def runner(stage, size, overrides):
+        calls.append((stage, C.load_config(stage, preset=f"{stage}-{size}", overrides=overrides)))
+        return 3 if stage == fail else 0
+    return runner
 
 
 @pytest.mark.parametrize("size", quickstart.SIZES)
@@ -38,9 +37,10 @@ def test_stages_run_in_order_under_runs_size(in_tmp, size):
     for stage in ("tokenizer", "pretrain", "grpo"):
         assert cfgs[stage].data.root == cfgs["collect"].data.root and cfgs[stage].train.resume
         assert cfgs[stage].train.out_dir.startswith(f"runs/{size}/")
-        assert cfgs[stage] == C.load_config(stage, preset=size)  # the same config as `rlvr-train STAGE --preset SIZE`
+        assert cfgs[stage] == quickstart.configs(size)[stage]
     assert cfgs["grpo"].grpo.reward == "neg_mae_lpips"
     assert lines[-1].startswith(f"{size} finished") and f"runs/{size}/grpo/report.md" in lines[-1]
+    assert f"[4/4] grpo: rlvr-train grpo --preset grpo-{size}" in lines
 
 
 def test_finished_stages_are_skipped(in_tmp):
@@ -73,3 +73,14 @@ def test_without_lpips_weights_the_reward_is_mae(in_tmp, monkeypatch):
 def test_unknown_size():
     with pytest.raises(ValueError, match="size must be one of"):
         quickstart.configs("huge")
+
+
+def test_stages_run_as_child_commands(monkeypatch):
+    seen = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(quickstart.subprocess, "run", lambda cmd, check: seen.append(cmd) or Done())
+    assert quickstart.run_command("grpo", "smoke", ["grpo.reward=neg_mae"]) == 0
+    assert seen[0][1:] == ["-m", "rlvr_world.cli", "grpo", "--preset", "grpo-smoke", "grpo.reward=neg_mae"]
