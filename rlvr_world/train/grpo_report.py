@@ -55,7 +55,7 @@ def paired_change(before: list[float] | None, after: list[float] | None) -> dict
 
 def write_report(s, result: dict) -> Path:
     """Write the report of the finished run ``s`` (a ``train.grpo.State``); returns the report's path."""
-    out, cfg = s.out_dir, s.cfg
+    out, cfg = s.out_dir.resolve(), s.cfg  # absolute: the report links its images relative to itself
     g = cfg.grpo
     before, after = result["before"], result["after"]
     rows = read_metrics(out)

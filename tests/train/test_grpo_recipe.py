@@ -53,8 +53,9 @@ def _params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_smoke_run_writes_model_metrics_and_report(assets, pretrained, tmp_path):  # noqa: F811
-    result = recipe.run(_cfg(assets, pretrained, tmp_path / "run"))
+def test_smoke_run_writes_model_metrics_and_report(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # a relative out_dir, as the quick start uses: the report links stay relative to it
+    result = recipe.run(_cfg(assets, pretrained, "run"))
     out = tmp_path / "run"
     assert result["step"] == 3
     train = read_metrics(out, "train")
