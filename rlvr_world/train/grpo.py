@@ -26,8 +26,9 @@ Choices:
   rollout engine as forced tokens (appended to the KV cache, never a re-prefill; log-prob 0, loss mask
   False). The reward is the mean of the per-frame rewards over the S frames, minus
   ``grpo.repetition_penalty`` x the share of predicted frames identical to the frame before (0 by default;
-  ``repetition_rate`` is logged either way). The multi-step layout with the compressive tokenizer (fewer
-  tokens per future frame) is not driven by this recipe yet.
+  ``repetition_rate`` is logged either way). With the compressive tokenizer (the paper's multi-step
+  setting: fewer tokens per future frame than per context frame) the prompt holds context codes and the
+  sampled future codes are decoded against the context of their prompt (computed once per prompt).
 * **Reward**: ``grpo.reward`` from ``rlvr_world.rewards.REWARDS`` on the decoded frames against the *true*
   next frames (the episode's pixels, not the tokenizer's reconstruction), the true frame read once per
   group (``group_size=G``). LPIPS uses ``grpo.lpips_net``: VGG16 (the paper's) or AlexNet (about 10x
@@ -66,7 +67,7 @@ import torch
 from rlvr_world import config as C
 from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset
 from rlvr_world.data.video_layout import MultiStepLayout
-from rlvr_world.models.frame_tokenizer import FrameTokenizer
+from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
 from rlvr_world.models.transformer import Transformer
 from rlvr_world.ops import grpo_loss, token_logprobs
 from rlvr_world.rewards import REWARDS, repetition_rate, video_reward
@@ -74,9 +75,9 @@ from rlvr_world.rl import Rollout, grpo_advantages
 from rlvr_world.rollout import generate
 
 from . import checkpoint, distributed, loop
-from .grpo_data import Layout, VideoClips, future_frames, load_layout, model_dir_of
+from .grpo_data import Layout, Tokenizer, VideoClips, future_frames, load_layout, load_tokenizer, model_dir_of
 from .logging import MetricLogger, NullLogger
-from .pretrain import ACTION_BINS, build_lpips, decode_tokens, tokenizer_dir
+from .pretrain import ACTION_BINS, build_lpips, decode_tokens
 from .schedule import autocast_dtype, lr_factor
 
 __all__ = ["Batch", "State", "run", "setup"]
@@ -94,7 +95,7 @@ class Batch:
 
     prompt_ids: torch.Tensor  # [P] global prompt indices keying the sampler (``sequence_ids``)
     prompts: torch.Tensor  # [P, Lp] int64
-    last_frame: torch.Tensor  # [P, F] the last context frame's codes (stand-in for invalid tokens)
+    context: torch.Tensor  # [P, n, Fc] the context frames' codes
     targets: torch.Tensor  # [P, 3, H, W] uint8 true next frames; multi-step [P, S, 3, H, W]
     forced: torch.Tensor | None = None  # multi-step: [P, R] the response's given action tokens (0 elsewhere)
     rollout: Rollout | None = None  # tokens / logprobs / mask [P*G, R] (R = F single-step, S (F + A) multi-step)
@@ -113,9 +114,9 @@ class State:
     out_dir: Path
     dist: distributed.DistInfo
     autocast: torch.dtype | None
-    tokenizer: FrameTokenizer
+    tokenizer: Tokenizer
     layout: Layout
-    grid: tuple[int, int]
+    grid: tuple[int, int]  # the token grid of a predicted frame (compressive: the future grid)
     model: Transformer  # the policy (also the sampler)
     policy: torch.nn.Module  # HiddenStates(model), DDP-wrapped when distributed
     ref: Transformer | None
@@ -164,16 +165,13 @@ def setup(cfg: C.GRPORun) -> State:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
                          f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")
     device = dist.device
-    tok_path = tokenizer_dir(cfg.tokenizer.checkpoint or info["tokenizer"])
-    tokenizer = FrameTokenizer.from_pretrained(tok_path, device=device).float().eval().requires_grad_(False)
-    if tokenizer.codebook_size != layout.codebook_size:
-        raise ValueError(f"tokenizer {tok_path} has {tokenizer.codebook_size} codes; the model's layout expects "
-                         f"{layout.codebook_size}")
+    tokenizer, _ = load_tokenizer(cfg, info, layout, device)
     train_ds, val_ds = EpisodeDataset(cfg.data.root, "train"), EpisodeDataset(cfg.data.root, "val")
     actions = ActionTokenizer.from_meta(cfg.data.root, bins=ACTION_BINS)
     if actions.dim != layout.action_dims:
         raise ValueError(f"data.root {cfg.data.root} has {actions.dim}-D actions; the model expects {layout.action_dims}")
-    grid = tokenizer.token_grid(*(train_ds.frame_size or train_ds[0]["image"].shape[1:3]))
+    size = train_ds.frame_size or tuple(train_ds[0]["image"].shape[1:3])
+    grid = tokenizer.future_grid(*size) if isinstance(tokenizer, CompressiveTokenizer) else tokenizer.token_grid(*size)
     lpips, lpips_note = build_lpips(device, g.lpips_net)
     if g.repetition_penalty and not isinstance(layout, MultiStepLayout):
         raise ValueError(f"grpo.repetition_penalty={g.repetition_penalty} applies to multi-step models only; this "
@@ -194,11 +192,11 @@ def setup(cfg: C.GRPORun) -> State:
     val_clips = VideoClips(val_ds, tokenizer, actions, layout, stride, device, random_start=False,
                            clips_per_episode=per_episode)
     pairs = val_clips.clips.sampler.plan()[: g.eval_prompts]
-    prompts, last, targets, forced = val_clips.take(pairs)
-    copy_frames = decode_tokens(tokenizer, last.to(device), grid, 64)               # [N, 3, H, W]
+    prompts, context, targets, forced = val_clips.take(pairs)
+    copy_frames = last_context_frame(tokenizer, context.to(device), size)          # [N, 3, H, W]
     if targets.dim() == 5:  # multi-step: the last context frame for every future step
         copy_frames = copy_frames[:, None].expand(-1, targets.shape[1], -1, -1, -1)
-    val = {"prompts": prompts, "last_frame": last, "targets": targets.to(device), "forced": forced,
+    val = {"prompts": prompts, "context": context, "targets": targets.to(device), "forced": forced,
            "copy": _metrics(copy_frames, targets.to(device), 1, lpips)}
 
     model.train()
@@ -235,9 +233,9 @@ def prompts(s: State) -> Batch:
     P = s.cfg.grpo.prompts_per_step
     mine = distributed.shard(P, s.dist)
     pairs = s.train_clips.clips.pairs(s.step, P)[mine]
-    ids, last, targets, forced = s.train_clips.take(pairs)
+    ids, context, targets, forced = s.train_clips.take(pairs)
     global_ids = torch.arange(s.step * P, (s.step + 1) * P)[mine]
-    return Batch(global_ids, ids.to(s.device), last.to(s.device), targets.to(s.device),
+    return Batch(global_ids, ids.to(s.device), context.to(s.device), targets.to(s.device),
                  None if forced is None else forced.to(s.device))
 
 
@@ -267,21 +265,49 @@ def _codes(s: State, tokens: torch.Tensor) -> torch.Tensor:
     return tokens.view(len(tokens), S, -1)[:, :, :F_]
 
 
-def _frames(s: State, tokens: torch.Tensor, last_frame: torch.Tensor, group: int
+def last_context_frame(tokenizer: Tokenizer, context: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The last context frame of each prompt decoded: context codes [N, n, Fc] -> [N, 3, H, W] in (0, 1)."""
+    if isinstance(tokenizer, CompressiveTokenizer):
+        grid = tokenizer.context_grid(*size)
+        return tokenizer.decode_context(context[:, -1:].reshape(len(context), 1, *grid))[:, 0]
+    return decode_tokens(tokenizer, context[:, -1], tokenizer.token_grid(*size), 64)
+
+
+@torch.no_grad()
+def _decode_codes(s: State, codes: torch.Tensor, context: torch.Tensor, group: int, chunk: int = 256) -> torch.Tensor:
+    """Frame codes [P*G, S, F] -> frames [P*G, S, 3, H, W]; compressive: each sample against its prompt's context."""
+    if not isinstance(s.tokenizer, CompressiveTokenizer):
+        return decode_tokens(s.tokenizer, codes.flatten(0, 1), s.grid, chunk).unflatten(0, codes.shape[:2])
+    size = s.val["targets"].shape[-2:]
+    per_prompt = s.tokenizer.context_from_tokens(context.view(*context.shape[:2], *s.tokenizer.context_grid(*size)))
+    out = []
+    for r0 in range(0, len(codes), chunk):
+        rows = torch.arange(r0, min(len(codes), r0 + chunk), device=codes.device)
+        ctx = [c[rows // group] for c in per_prompt]                                # the prompt's context, per sample
+        out.append(s.tokenizer.decode_future(codes[rows].view(len(rows), codes.shape[1], *s.grid), ctx))
+    return torch.cat(out)
+
+
+def _frames(s: State, tokens: torch.Tensor, context: torch.Tensor, group: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Response tokens [P*G, R] -> (decoded frames [P*G, 3, H, W] or, multi-step, [P*G, S, 3, H, W]; the codes
-    decoded [P*G, S, F]; invalid-token share [P*G])."""
+    decoded [P*G, S, F]; invalid-token share [P*G]). An invalid token decodes as the last context frame's code
+    at that position (compressive: code 0, the context being of another codebook)."""
     codes = _codes(s, tokens)                                                       # [P*G, S, F]
     invalid = codes >= s.layout.codebook_size
-    codes = torch.where(invalid, last_frame.repeat_interleave(group, dim=0)[:, None], codes)
+    if isinstance(s.tokenizer, CompressiveTokenizer):
+        stand_in = torch.zeros_like(codes[:, 0])
+    else:
+        stand_in = context[:, -1].repeat_interleave(group, dim=0)
+    codes = torch.where(invalid, stand_in[:, None], codes)
     with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
-        frames = decode_tokens(s.tokenizer, codes.flatten(0, 1), s.grid, 256)      # bf16 on a GPU
-    frames = frames.float().clamp(0, 1).unflatten(0, codes.shape[:2])               # [P*G, S, 3, H, W]
+        frames = _decode_codes(s, codes, context, group)                            # bf16 on a GPU
+    frames = frames.float().clamp(0, 1)                                             # [P*G, S, 3, H, W]
     return (frames if future_frames(s.layout) > 1 else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
 
 
 def decode(s: State, b: Batch) -> Batch:
-    b.frames, b.codes, invalid = _frames(s, b.rollout.tokens, b.last_frame, s.cfg.grpo.group_size)
+    b.frames, b.codes, invalid = _frames(s, b.rollout.tokens, b.context, s.cfg.grpo.group_size)
     b.metrics["invalid_token_frac"] = invalid.mean().item()
     return b
 
@@ -306,10 +332,13 @@ def _reward(s: State, frames: torch.Tensor, targets: torch.Tensor, group: int) -
     return reward.float(), scores
 
 
-def _repetition(s: State, codes: torch.Tensor, last_frame: torch.Tensor, group: int) -> torch.Tensor:
+def _repetition(s: State, codes: torch.Tensor, context: torch.Tensor, group: int) -> torch.Tensor:
     """Multi-step: per-sample share of predicted frames identical to the frame before (the first one compared
-    with the last context frame), ``rewards.repetition_rate``: [B]."""
-    return repetition_rate(codes, previous=last_frame.repeat_interleave(group, dim=0))
+    with the last context frame; not with the compressive tokenizer, whose context codes are of another
+    codebook), ``rewards.repetition_rate``: [B]."""
+    if isinstance(s.tokenizer, CompressiveTokenizer):
+        return repetition_rate(codes)
+    return repetition_rate(codes, previous=context[:, -1].repeat_interleave(group, dim=0))
 
 
 def score(s: State, b: Batch) -> Batch:
@@ -317,7 +346,7 @@ def score(s: State, b: Batch) -> Batch:
     g = s.cfg.grpo
     b.rewards, scores = _reward(s, b.frames, b.targets, g.group_size)
     if future_frames(s.layout) > 1:
-        scores["repetition_rate"] = _repetition(s, b.codes, b.last_frame, g.group_size)
+        scores["repetition_rate"] = _repetition(s, b.codes, b.context, g.group_size)
         b.rewards = b.rewards - g.repetition_penalty * scores["repetition_rate"]
     b.metrics.update({k: v.mean().item() for k, v in scores.items()})
     return b
@@ -457,11 +486,11 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         r = _generate(s, v["prompts"].to(s.device), forced, group_size=S, temperature=g.eval_temperature,
                       top_k=g.eval_top_k, seed=s.cfg.train.seed + EVAL_SEED_OFFSET)
         s.model.train()
-        last = v["last_frame"].to(s.device)
-        frames, codes, invalid = _frames(s, r.tokens, last, S)
+        context = v["context"].to(s.device)
+        frames, codes, invalid = _frames(s, r.tokens, context, S)
         reward, scores = _reward(s, frames, v["targets"], S)
         if future_frames(s.layout) > 1:
-            scores["repetition_rate"] = _repetition(s, codes, last, S)
+            scores["repetition_rate"] = _repetition(s, codes, context, S)
             reward = reward - g.repetition_penalty * scores["repetition_rate"]
         out = {"reward": reward.mean().item(), **{k: x.mean().item() for k, x in scores.items()},
                "invalid_token_frac": invalid.mean().item(), "clips": len(v["prompts"]), "samples": S,

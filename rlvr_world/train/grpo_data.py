@@ -1,8 +1,12 @@
 """Where the GRPO recipe's data comes from: the token layout of a pre-training run (``layout.json``) and clips
 with their prompt tokens, forced action tokens and true future frames.
 
-``load_layout`` reads the pre-trained model's ``layout.json`` (single-step or multi-step) and checks that the
-data config agrees with it; ``VideoClips`` wraps the pre-training recipe's ``ClipTokens`` (the same clip stream:
+``load_layout`` reads the pre-trained model's ``layout.json`` (single-step or multi-step, with a frame tokenizer
+or, multi-step, the compressive one: ``tokenizer_kind``) and checks that the data config agrees with it;
+``load_tokenizer`` loads the tokenizer of that kind and checks its codebooks against the layout. With the
+compressive tokenizer the prompt holds *context* codes, cached per frame (its context branch codes each frame
+on its own) and the sampled future codes are decoded against the context they were conditioned on.
+``VideoClips`` wraps the pre-training recipe's ``ClipTokens`` (the same clip stream:
 step s takes items s*P .. s*P+P-1) and keeps the split's frames in memory, so the reward compares the decoded
 predictions with the episode's true pixels.
 """
@@ -18,13 +22,16 @@ import torch
 from rlvr_world import config as C
 from rlvr_world.data.episodes import ActionTokenizer, EpisodeDataset, stride_mean_actions
 from rlvr_world.data.video_layout import MultiStepLayout, SingleStepLayout
+from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 
-from .pretrain import ClipTokens, encode_episodes
+from .pretrain import ENCODE_BATCH, ClipTokens, encode_episodes, tokenizer_dir
 
-__all__ = ["Layout", "VideoClips", "future_frames", "load_layout", "model_dir_of"]
+__all__ = ["Layout", "Tokenizer", "VideoClips", "encode_context_frames", "future_frames", "load_layout",
+           "load_tokenizer", "model_dir_of"]
 
 Layout = SingleStepLayout | MultiStepLayout
+Tokenizer = FrameTokenizer | CompressiveTokenizer
 
 
 def future_frames(layout: Layout) -> int:
@@ -32,22 +39,36 @@ def future_frames(layout: Layout) -> int:
     return layout.future_frames if isinstance(layout, MultiStepLayout) else 1
 
 
+@torch.no_grad()
+def encode_context_frames(ds: EpisodeDataset, tokenizer: CompressiveTokenizer, device: torch.device,
+                          batch: int = ENCODE_BATCH) -> list[np.ndarray]:
+    """Every frame's *context* codes (the compressive tokenizer's context branch, one frame at a time): one
+    [T, Fc] int16 array per episode, as ``encode_episodes`` gives for a frame tokenizer."""
+    out = []
+    for i in range(len(ds)):
+        image = torch.from_numpy(ds[i]["image"]).permute(0, 3, 1, 2)                   # [T, 3, H, W] uint8
+        codes = [tokenizer.encode_context(chunk.to(device)[:, None])[0].flatten(1).cpu() for chunk in image.split(batch)]
+        out.append(torch.cat(codes).numpy().astype(np.int16))
+    return out
+
+
 class VideoClips:
     """Clips of one split: prompt token ids (and, multi-step, the forced action tokens) for the layout plus
     the true future frames' pixels (kept in memory)."""
 
-    def __init__(self, ds: EpisodeDataset, tokenizer: FrameTokenizer, actions: ActionTokenizer, layout: Layout,
+    def __init__(self, ds: EpisodeDataset, tokenizer: Tokenizer, actions: ActionTokenizer, layout: Layout,
                  stride: int, device: torch.device, *, seed: int = 0, random_start: bool = True,
                  clips_per_episode: int | None = None):
         acts = [actions.encode(stride_mean_actions(ds[i]["action"], stride)) for i in range(len(ds))]
         kw = {} if clips_per_episode is None else {"clips_per_episode": clips_per_episode}
-        self.clips = ClipTokens(ds, encode_episodes(ds, tokenizer, device), acts, layout.context_frames, stride,
+        encode = encode_context_frames if isinstance(tokenizer, CompressiveTokenizer) else encode_episodes
+        self.clips = ClipTokens(ds, encode(ds, tokenizer, device), acts, layout.context_frames, stride,
                                 seed=seed, random_start=random_start, future_frames=future_frames(layout), **kw)
         self.images = [ds[i]["image"] for i in range(len(ds))]                     # [T, H, W, 3] uint8 each
         self.layout = layout
 
     def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(prompts [N, Lp], last context frame codes [N, F], true future frames [N, 3, H, W] uint8 (multi-step
+        """(prompts [N, Lp], the context frames' codes [N, n, Fc], true future frames [N, 3, H, W] uint8 (multi-step
         [N, S, 3, H, W]), forced action tokens [N, R] or None)."""
         frames, acts = self.clips.gather(pairs)                                     # [N, n + S, F], [N, n (+ S), A]
         n = self.layout.context_frames
@@ -60,7 +81,7 @@ class VideoClips:
             forced = None
             target = np.stack([self.images[e][self.clips.target_index(s)] for e, s in pairs])
             target = torch.from_numpy(target).permute(0, 3, 1, 2)
-        return prompts, frames[:, n - 1], target.contiguous(), forced
+        return prompts, frames[:, :n], target.contiguous(), forced
 
 
 def model_dir_of(path: str) -> Path:
@@ -92,10 +113,34 @@ def load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
     if kind == "multi_step":
         layout = MultiStepLayout(**common, context_tokens_per_frame=info["context_tokens_per_frame"],
                                  future_frames=info["future_frames"], context_codebook_size=info["context_codebook_size"])
-        if layout.context_tokens_per_frame != layout.tokens_per_frame:
-            raise ValueError(f"model.init_from: a multi-step layout with {layout.context_tokens_per_frame} context and "
-                             f"{layout.tokens_per_frame} future tokens per frame needs the compressive tokenizer, "
-                             f"which this recipe does not drive yet")
+        info.setdefault("tokenizer_kind", "frame")
+        if info["tokenizer_kind"] == "frame" and layout.context_tokens_per_frame != layout.tokens_per_frame:
+            raise ValueError(f"model.init_from: {model_dir / 'layout.json'} has {layout.context_tokens_per_frame} "
+                             f"context and {layout.tokens_per_frame} future tokens per frame with tokenizer_kind "
+                             f"'frame'; different rates need tokenizer_kind 'compressive'")
     else:
+        info.setdefault("tokenizer_kind", "frame")
+        if info["tokenizer_kind"] != "frame":
+            raise ValueError(f"model.init_from: a single-step layout needs tokenizer_kind 'frame', got "
+                             f"{info['tokenizer_kind']!r}")
         layout = SingleStepLayout(**common, eos=info["eos"])
     return model_dir, info, layout
+
+
+def load_tokenizer(cfg: C.GRPORun, info: dict, layout: Layout, device: torch.device) -> tuple[Tokenizer, Path]:
+    """The tokenizer the layout names (or ``tokenizer.checkpoint``), frozen fp32, its codebooks checked."""
+    path = tokenizer_dir(cfg.tokenizer.checkpoint or info["tokenizer"])
+    compressive = info.get("tokenizer_kind", "frame") == "compressive"
+    cls = CompressiveTokenizer if compressive else FrameTokenizer
+    try:
+        tokenizer = cls.from_pretrained(path, device=device)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"tokenizer {path}: cannot load it as a {cls.__name__} (the model's layout.json says "
+                         f"tokenizer_kind {info.get('tokenizer_kind', 'frame')!r}): {e}") from None
+    tokenizer = tokenizer.float().eval().requires_grad_(False)
+    sizes = ((tokenizer.future_codebook_size, tokenizer.context_codebook_size) if compressive
+             else (tokenizer.codebook_size, tokenizer.codebook_size))
+    want = (layout.codebook_size, getattr(layout, "context_codebook_size", layout.codebook_size))
+    if sizes != want:
+        raise ValueError(f"tokenizer {path} has codebooks {sizes} (future, context); the model's layout expects {want}")
+    return tokenizer, path

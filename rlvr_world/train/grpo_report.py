@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rlvr_world.eval.report import Report, frame_grid, markdown_table, plot_curves
 
+from .grpo import last_context_frame
 from .logging import read_metrics
-from .pretrain import decode_tokens
 
 __all__ = ["HIGHER_IS_BETTER", "comparison_table", "paired_change", "write_report"]
 
@@ -88,7 +88,8 @@ def write_report(s, result: dict) -> Path:
         n = min(8, len(v["targets"]))
         truth = v["targets"][:n]
         multi = truth.dim() == 5  # multi-step: the last of the S predicted frames
-        cols = {"last context frame": decode_tokens(s.tokenizer, v["last_frame"][:n].to(s.device), s.grid, n).cpu(),
+        size = tuple(truth.shape[-2:])
+        cols = {"last context frame": last_context_frame(s.tokenizer, v["context"][:n].to(s.device), size).cpu(),
                 "ground truth": (truth[:, -1] if multi else truth).cpu()}
         if "before" in s.samples:
             cols["pre-trained"] = s.samples["before"][:n]

@@ -303,7 +303,7 @@ def test_repetition_penalty_lowers_the_reward_of_repeated_frames(assets, pretrai
                               f"grpo.repetition_penalty={coef}"))
         b = recipe.decode(s, recipe.rollout(s, recipe.prompts(s)))
         # every predicted frame repeats the one before (the first: the prompt's last context frame): rate 1
-        b.codes[:] = b.last_frame.repeat_interleave(s.cfg.grpo.group_size, dim=0)[:, None]
+        b.codes[:] = b.context[:, -1].repeat_interleave(s.cfg.grpo.group_size, dim=0)[:, None]
         rewards[coef] = recipe.score(s, b).rewards
         s.logger.close()
     assert torch.allclose(rewards[1.0], rewards[0.0] - 1.0)
@@ -312,3 +312,63 @@ def test_repetition_penalty_lowers_the_reward_of_repeated_frames(assets, pretrai
 def test_repetition_penalty_needs_a_multistep_model(assets, pretrained, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="multi-step models only"):
         recipe.run(_cfg(assets, pretrained, tmp_path / "run", "grpo.repetition_penalty=0.1"))
+
+
+@pytest.fixture(scope="module")
+def compressive_model(tmp_path_factory):
+    """32x32 squares, a random ``tiny`` compressive tokenizer (8x8 context / 4x4 future tokens) and a random
+    world model in its multi-step layout (written by hand: the recipe only reads layout.json + the model)."""
+    import numpy as np
+
+    from rlvr_world.data.episodes import compute_action_ranges, write_episode
+    from rlvr_world.data.video_layout import MultiStepLayout
+    from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
+    from rlvr_world.models.transformer import ModelArgs
+
+    root = tmp_path_factory.mktemp("squares32")
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 4), ("val", 2)):
+        for k in range(n):
+            image = np.zeros((8, 32, 32, 3), np.uint8)
+            for t in range(8):
+                image[t, 4 + t:12 + t, 8:16] = (200, 50 + 10 * k, 30)
+            write_episode(root / split / f"ep_{k:03d}", image, rng.normal(size=(8, 2)).astype(np.float32))
+    compute_action_ranges(root)
+    torch.manual_seed(0)
+    tok = CompressiveTokenizer.from_name("tiny")
+    tok.save_pretrained(root / "tokenizer")
+    lay = MultiStepLayout(tokens_per_frame=16, context_tokens_per_frame=64, context_frames=2, future_frames=2,
+                          action_dims=2, codebook_size=tok.future_codebook_size,
+                          context_codebook_size=tok.context_codebook_size, action_bins=256)
+    model = Transformer(ModelArgs.from_name("vwm-tiny", dim=32, n_layers=2, intermediate_size=64,
+                                            vocab_size=lay.vocab_size))
+    model.save_pretrained(root / "run" / "model")
+    info = {"layout": "multi_step", "tokenizer_kind": "compressive", "tokens_per_frame": 16,
+            "context_tokens_per_frame": 64, "context_frames": 2, "future_frames": 2, "action_dims": 2,
+            "codebook_size": lay.codebook_size, "context_codebook_size": lay.context_codebook_size,
+            "action_bins": 256, "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
+            "clip_stride": 1, "token_grid": [4, 4], "tokenizer": str(root / "tokenizer")}
+    (root / "run" / "model" / "layout.json").write_text(json.dumps(info))
+    return root, tok
+
+
+def _compressive_cfg(root, out_dir):
+    return C.load_config("grpo", overrides=[
+        f"data.root={root}", f"model.init_from={root / 'run'}", f"train.out_dir={out_dir}", "data.context_frames=2",
+        "data.future_frames=2", "data.clip_stride=1", "grpo.reward=neg_mae", "grpo.group_size=2",
+        "grpo.prompts_per_step=2", "grpo.mini_batch_prompts=2", "grpo.eval_prompts=2", "grpo.eval_samples=2",
+        "train.steps=1", "progress=false"])
+
+
+def test_compressive_multistep_grpo_decodes_against_the_prompts_context(compressive_model, tmp_path):
+    root, tok = compressive_model
+    s = recipe.setup(_compressive_cfg(root, tmp_path / "run"))
+    b = recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))
+    assert b.rollout.tokens.shape == (4, 2 * (16 + 2)) and b.frames.shape == (4, 2, 3, 32, 32)
+    # sample 3 belongs to prompt 1: decoding it alone against prompt 1's context gives the same frames
+    ctx = tok.context_from_tokens(b.context[1:2].view(1, 2, 8, 8))
+    alone = tok.decode_future(b.codes[3:4].view(1, 2, 4, 4), ctx)
+    assert torch.allclose(alone, b.frames[3:4], atol=1e-6)
+    s.logger.close()
+    result = recipe.run(_compressive_cfg(root, tmp_path / "full"))
+    assert result["step"] == 1 and "repetition_rate" in result["after"]
