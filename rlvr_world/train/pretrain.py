@@ -5,7 +5,7 @@ The recipe is a short lifecycle (torchtune's): ``setup`` (frame tokenizer, token
 optimizer, LPIPS, resume) -> a loop of named stages (``batch`` -> ``train_step`` -> log -> ``evaluate`` ->
 ``save_checkpoint``; ``train.loop``) -> ``finish`` (final eval, checkpoint, ``Transformer.save_pretrained(out_dir/"model")``
 in the HF layout + the resolved config + ``layout.json``: ``"layout": "single_step"`` or ``"multi_step"`` with
-the layout's fields).
+the layout's fields, and ``"tokenizer_kind"``: ``"frame"`` or ``"compressive"``; a missing key means frame).
 
 Choices:
 
@@ -19,6 +19,17 @@ Choices:
   ``ActionTokenizer.from_meta(data.root)``. The model is ``ModelArgs.from_name(model.name,
   vocab_size=layout.vocab_size, **model.overrides)`` (or ``model.init_from``, an HF-layout directory whose
   vocabulary must match); its ``max_seq_len`` must cover prompt + response (a ValueError says so).
+* **Compressive tokenizer** (``tokenizer.kind=compressive``, any S >= 1; the paper's multi-step setting):
+  ``MultiStepLayout`` with the context branch's grid and codebook for the n context frames (sim-64: 8x8 =
+  64 tokens) and the dynamics branch's for the S future frames (4x4 = 16), vocab = K_future + K_context +
+  256 + 2 (context codes offset by K_future). Every frame's context tokens are cached once at setup (the
+  branch codes each frame alone); the future codes depend on the clip's context, so each training batch
+  encodes them (``encode_future(frames, context_from_tokens(context tokens))``, no_grad) from the split's
+  frames, which stay in memory (uint8); the val set's once at setup. Eval decodes the generated codes with
+  ``decode_future`` given the clip's context tokens; copy = the last context frame decoded by the context
+  branch (``decode_context``), repeated S times (no ``copy_token_match``: the codebooks differ); recon =
+  ``decode_future`` of the true future codes. A checkpoint of the other kind is a ValueError naming both.
+  The clip/cache helpers live in ``train.video_clips``.
 * **Clips** come from ``ClipSampler`` with ``data.clip_stride`` as the stride between clip frames, counted
   in stored frames (1, the default: predict the next stored frame). The collector's ``data.frame_skip``,
   env steps per stored frame, is a different quantity and is not read here. With a stride above 1 each
@@ -79,7 +90,8 @@ import torch.nn.functional as F
 
 from rlvr_world import config as C
 from rlvr_world.data.episodes import ActionTokenizer, ClipSampler, EpisodeDataset, stride_mean_actions
-from rlvr_world.data.video_layout import IGNORE_INDEX, LayoutBatch, MultiStepLayout, SingleStepLayout
+from rlvr_world.data.video_layout import IGNORE_INDEX, MultiStepLayout, SingleStepLayout
+from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 from rlvr_world.models.transformer import ModelArgs, Transformer
 from rlvr_world.rewards.video import frame_metrics
@@ -87,107 +99,28 @@ from rlvr_world.rewards.video import frame_metrics
 from . import checkpoint, loop
 from .logging import MetricLogger
 from .schedule import autocast_dtype, lr_factor
+from .video_clips import (
+    CLIPS_PER_EPISODE,
+    ENCODE_BATCH,
+    ClipTokens,
+    build_sequences,
+    decode_future_codes,
+    encode_context_frames,
+    encode_episodes,
+    encode_future_codes,
+    load_tokenizer,
+    tokenizer_dir,
+)
 
-__all__ = ["ClipTokens", "build_lpips", "build_sequences", "decode_tokens", "encode_episodes", "generate_frame",
-           "generate_frames", "run", "tokenizer_dir"]
+# the clip/token-cache names live in video_clips and are re-exported here (grpo_data imports them from here)
+__all__ = ["CLIPS_PER_EPISODE", "ENCODE_BATCH", "ClipTokens", "build_lpips", "build_sequences", "decode_tokens",
+           "encode_episodes", "generate_frame", "generate_frames", "run", "tokenizer_dir"]
 
-ENCODE_BATCH = 64  # frames per tokenizer call while building the token cache
-CLIPS_PER_EPISODE = 4  # training clips per episode per sampler epoch (each with its own random start)
 ACTION_BINS = 256
 METRICS = ("mae", "mse", "psnr", "ssim")
 TOKEN_NOISE_STREAM = 0x6E6F6973  # "nois": keeps the token-noise draws apart from other (seed, step) streams
 RESUME_IGNORE = (*checkpoint.DEFAULT_IGNORE, "data.root", "data.workers")  # may change between run and resume
 Layout = SingleStepLayout | MultiStepLayout
-
-
-# ---------------------------------------------------------------------------------------------------- data
-def tokenizer_dir(path: str) -> Path:
-    """The save_pretrained directory: ``path`` itself, or ``path/tokenizer`` for a tokenizer run directory."""
-    p = Path(path)
-    if not (p / "config.json").is_file() and (p / "tokenizer" / "config.json").is_file():
-        return p / "tokenizer"
-    return p
-
-
-@torch.no_grad()
-def encode_episodes(dataset: EpisodeDataset, tokenizer: FrameTokenizer, device: torch.device,
-                    batch: int = ENCODE_BATCH) -> list[np.ndarray]:
-    """Every frame of every episode as tokens: one [T, F] int16 array per episode (F = h * w, row-major)."""
-    out = []
-    for i in range(len(dataset)):
-        image = torch.from_numpy(dataset[i]["image"]).permute(0, 3, 1, 2)                   # [T, 3, H, W] uint8
-        codes = [tokenizer.encode(chunk.to(device)).flatten(1).cpu() for chunk in image.split(batch)]
-        out.append(torch.cat(codes).numpy().astype(np.int16))
-    return out
-
-
-class ClipTokens:
-    """Clips of one split as token ids: ``(frame_tokens [N, n + S, F] int64, action_bins [N, n (S = 1) or n + S
-    (S > 1), A] int64)`` for ``future_frames`` = S (single-step: S = 1 and the n context actions; multi-step:
-    each future frame's action too, since each response step ends with it).
-
-    Wraps a ``ClipSampler`` over the split and the split's cached frame tokens and binned actions.
-    ``batch(step, n)``: training clips (see the module docstring); ``fixed(n)``: the first n clips of the
-    deterministic evaluation order, also returning their (episode, first predicted frame index) pairs.
-    """
-
-    def __init__(self, dataset: EpisodeDataset, tokens: list[np.ndarray], actions: list[np.ndarray],
-                 context_frames: int, frame_skip: int, seed: int = 0, random_start: bool = True,
-                 clips_per_episode: int = CLIPS_PER_EPISODE, future_frames: int = 1):
-        self.sampler = ClipSampler(dataset, context_frames, future_frames, frame_skip, seed=seed,
-                                   random_start=random_start, clips_per_episode=clips_per_episode)
-        self.tokens, self.actions, self.n, self.future = tokens, actions, context_frames, future_frames
-        self._plans: dict[int, list[tuple[int, int]]] = {}
-
-    def _plan(self, epoch: int) -> list[tuple[int, int]]:
-        if epoch not in self._plans:
-            self.sampler.set_epoch(epoch)
-            self._plans = {epoch: self.sampler.plan(), **{e: p for e, p in self._plans.items() if e == epoch - 1}}
-        return self._plans[epoch]
-
-    def _gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, acts = [], []
-        n_acts = self.n if self.future == 1 else self.n + self.future
-        for episode, start in pairs:
-            idx = start + self.sampler.frame_skip * np.arange(self.n + self.future)
-            frames.append(self.tokens[episode][idx].astype(np.int64))
-            acts.append(self.actions[episode][idx[:n_acts]])
-        return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(acts))
-
-    def pairs(self, step: int, n: int) -> list[tuple[int, int]]:
-        """The (episode, start frame) of the n clips of ``step`` (items step * n .. step * n + n - 1)."""
-        size = len(self.sampler)
-        return [self._plan(g // size)[g % size] for g in range(step * n, (step + 1) * n)]
-
-    def target_index(self, start: int) -> int:
-        """The frame index of the clip's (first) predicted frame, for a clip starting at ``start``."""
-        return start + self.sampler.frame_skip * self.n
-
-    def target_indices(self, start: int) -> list[int]:
-        """The frame indices of the clip's S predicted frames, for a clip starting at ``start``."""
-        return [self.target_index(start) + self.sampler.frame_skip * k for k in range(self.future)]
-
-    def gather(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(frame_tokens [N, n + S, F], action_bins [N, n or n + S, A]) of the given (episode, start) clips."""
-        return self._gather(pairs)
-
-    def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._gather(self.pairs(step, n))
-
-    def fixed(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        pairs = self.sampler.plan()[:n]
-        frames, acts = self._gather(pairs)
-        targets = [(e, self.target_index(s)) for e, s in pairs]
-        return frames, acts, targets
-
-
-def build_sequences(layout: Layout, frames: torch.Tensor, actions: torch.Tensor) -> LayoutBatch:
-    """frames [B, n + S, F] codes, actions [B, n or n + S, A] bins -> the layout's LayoutBatch (multi-step: the
-    first n frames are the context, coded by the same frame tokenizer)."""
-    if isinstance(layout, MultiStepLayout):
-        n = layout.context_frames
-        return layout.build(frames[:, n:], actions, context_tokens=frames[:, :n])
-    return layout.build(frames, actions)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -263,6 +196,7 @@ class EvalSet:
     target_frames: torch.Tensor  # [N * future_frames, 3, H, W] uint8: the true future frames (clip-major)
     target_tokens: torch.Tensor  # [N * future_frames, F]
     baseline: dict  # copy_* / recon_* metrics (fixed: they do not depend on the model)
+    context_tokens: torch.Tensor | None = None  # compressive: [N, n, Fc] context codes (decoding's condition)
 
 
 @dataclass
@@ -271,7 +205,7 @@ class State:
     out_dir: Path
     device: torch.device
     autocast: torch.dtype | None
-    tokenizer: FrameTokenizer
+    tokenizer: FrameTokenizer | CompressiveTokenizer
     layout: Layout
     grid: tuple[int, int]
     model: Transformer
@@ -287,6 +221,8 @@ class State:
     last_train: dict = field(default_factory=dict)
     last_saved: int = -1
     t_start: float = field(default_factory=time.perf_counter)
+    kind: str = "frame"  # tokenizer.kind
+    context_grid: tuple[int, int] | None = None  # compressive: the context branch's grid (grid: the future one)
 
 
 def build_lpips(device: torch.device, net: str = "vgg"):
@@ -331,22 +267,28 @@ def _step_mae(frames: torch.Tensor, target_frames: torch.Tensor, steps: int, pre
             for k in range(steps)}
 
 
-def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, grid, lpips, device) -> EvalSet:
+def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, grid, lpips, device,
+              context_grid=None, images=None) -> EvalSet:
+    """The fixed val clips; compressive (``context_grid`` given): ``tokens`` are the context branch's and the
+    future codes are encoded here, given each clip's context tokens."""
     tc, d = cfg.train, cfg.data
     n, c, S = tc.eval_batches * tc.batch_size, d.context_frames, d.future_frames
     probe = ClipSampler(val_ds, c, S, d.clip_stride, random_start=False)
     per_episode = math.ceil(n / len(probe.usable))
-    clips = ClipTokens(val_ds, tokens, actions, c, d.clip_stride, random_start=False,
-                       clips_per_episode=per_episode, future_frames=S)
+    clips = ClipTokens(val_ds, tokens, actions, c, d.clip_stride, random_start=False, clips_per_episode=per_episode,
+                       future_frames=S, multi_step=isinstance(layout, MultiStepLayout))
     frames, acts, where = clips.fixed(n)
-    lb = build_sequences(layout, frames, acts)
-    images: dict[int, np.ndarray] = {}
+    images = images or {}
     target = []
     for episode, t in where:
         if episode not in images:
             images[episode] = val_ds[episode]["image"]
         target += [images[episode][t + d.clip_stride * k] for k in range(S)]
     target_frames = torch.from_numpy(np.stack(target)).permute(0, 3, 1, 2).contiguous().to(device)
+    if context_grid is not None:
+        return _compressive_eval_set(tc, layout, tokenizer, grid, context_grid, lpips, device, frames[:, :c], acts,
+                                     target_frames)
+    lb = build_sequences(layout, frames, acts)
     frames = frames.to(device)
     target_tokens = frames[:, c:].flatten(0, 1)                                     # [N * S, F]
     decoded = {"copy": decode_tokens(tokenizer, frames[:, c - 1], grid, tc.batch_size).repeat_interleave(S, 0),
@@ -358,6 +300,24 @@ def _eval_set(cfg: C.PretrainRun, val_ds, tokens, actions, layout, tokenizer, gr
     return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, target_tokens, baseline)
 
 
+def _compressive_eval_set(tc, layout, tokenizer, grid, context_grid, lpips, device, context, acts,
+                          target_frames) -> EvalSet:
+    """Compressive: future codes = encode_future(true frames, context); copy = the last context frame decoded by
+    the context branch, repeated S times; recon = decode_future of the true future codes."""
+    S = layout.future_frames
+    context = context.to(device)                                                    # [N, n, Fc]
+    future = encode_future_codes(tokenizer, context, target_frames.unflatten(0, (-1, S)), context_grid, device)
+    lb = build_sequences(layout, future, acts, context_tokens=context)
+    target_tokens = future.flatten(0, 1)                                            # [N * S, F]
+    last = context[:, -1:].unflatten(-1, context_grid)                              # [N, 1, hc, wc]
+    copy = torch.cat([tokenizer.decode_context(t)[:, 0] for t in last.split(tc.batch_size)])
+    decoded = {"copy": copy.repeat_interleave(S, 0),
+               "recon": decode_future_codes(tokenizer, target_tokens, context, grid, context_grid, tc.batch_size)}
+    baseline = _mean_scores(lpips, decoded, target_frames, tc.batch_size)
+    baseline.update(_step_mae(decoded["copy"], target_frames, S, "copy"))
+    return EvalSet(lb.input_ids.to(device), lb.labels.to(device), target_frames, target_tokens, baseline, context)
+
+
 def setup(cfg: C.PretrainRun) -> State:
     """Tokenizer + token cache, layout, model, optimizer + schedule, LPIPS, logger; restores the latest
     checkpoint when resuming. Every config error is raised before any training work."""
@@ -365,9 +325,9 @@ def setup(cfg: C.PretrainRun) -> State:
     if not cfg.tokenizer.checkpoint:
         raise ValueError("tokenizer.checkpoint is required: the trained frame tokenizer's save_pretrained directory "
                          "(e.g. runs/tokenizer_sim64/tokenizer from `rlvr-train tokenizer`)")
-    if cfg.tokenizer.kind != "frame":
-        raise ValueError(f"tokenizer.kind={cfg.tokenizer.kind!r} is not supported by this recipe yet; "
-                         f"use tokenizer.kind=frame")
+    kind = cfg.tokenizer.kind
+    if kind not in ("frame", "compressive"):
+        raise ValueError(f"tokenizer.kind must be 'frame' or 'compressive', got {kind!r}")
     out_dir = Path(tc.out_dir)
     if not tc.resume and checkpoint.latest(out_dir) is not None:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
@@ -375,13 +335,21 @@ def setup(cfg: C.PretrainRun) -> State:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = autocast_dtype(tc.precision, device)
 
-    tokenizer = FrameTokenizer.from_pretrained(tokenizer_dir(cfg.tokenizer.checkpoint), device=device)
-    tokenizer.float().eval().requires_grad_(False)
+    tokenizer = load_tokenizer(kind, cfg.tokenizer.checkpoint, device)  # the other kind: ValueError naming both
     train_ds, val_ds = EpisodeDataset(d.root, "train"), EpisodeDataset(d.root, "val")
     actions_tok = ActionTokenizer.from_meta(d.root, bins=ACTION_BINS)
     size = train_ds.frame_size or tuple(train_ds[0]["image"].shape[1:3])
-    grid = tokenizer.token_grid(*size)  # frame size must suit the tokenizer: ValueError naming it
-    layout = _layout(d, grid[0] * grid[1], actions_tok.dim, tokenizer.codebook_size)
+    context_grid = None
+    if kind == "compressive":  # frame size must suit the tokenizer: ValueError naming it
+        grid, context_grid = tokenizer.future_grid(*size), tokenizer.context_grid(*size)
+        layout = MultiStepLayout(
+            tokens_per_frame=grid[0] * grid[1], context_tokens_per_frame=context_grid[0] * context_grid[1],
+            context_frames=d.context_frames, future_frames=d.future_frames, action_dims=actions_tok.dim,
+            codebook_size=tokenizer.future_codebook_size, context_codebook_size=tokenizer.context_codebook_size,
+            action_bins=ACTION_BINS)
+    else:
+        grid = tokenizer.token_grid(*size)
+        layout = _layout(d, grid[0] * grid[1], actions_tok.dim, tokenizer.codebook_size)
     seq_len = layout.prompt_len + layout.response_len
     model_args = _model_args(cfg.model, layout.vocab_size)
     if model_args.max_seq_len < seq_len:
@@ -396,10 +364,19 @@ def setup(cfg: C.PretrainRun) -> State:
     def actions_of(ds):
         return [actions_tok.encode(stride_mean_actions(ds[i]["action"], d.clip_stride)) for i in range(len(ds))]
 
-    train_clips = ClipTokens(train_ds, encode_episodes(train_ds, tokenizer, device), actions_of(train_ds),
-                             d.context_frames, d.clip_stride, seed=tc.seed, future_frames=d.future_frames)
-    val = _eval_set(cfg, val_ds, encode_episodes(val_ds, tokenizer, device), actions_of(val_ds), layout,
-                    tokenizer, grid, lpips, device)
+    if kind == "compressive":  # per-frame context tokens cached; the split's frames kept for the future codes
+        train_images = [train_ds[i]["image"] for i in range(len(train_ds))]
+        val_images = dict(enumerate(val_ds[i]["image"] for i in range(len(val_ds))))
+        train_clips = ClipTokens(train_ds, encode_context_frames(train_images, tokenizer, device),
+                                 actions_of(train_ds), d.context_frames, d.clip_stride, seed=tc.seed,
+                                 future_frames=d.future_frames, multi_step=True, images=train_images)
+        val = _eval_set(cfg, val_ds, encode_context_frames(list(val_images.values()), tokenizer, device),
+                        actions_of(val_ds), layout, tokenizer, grid, lpips, device, context_grid, val_images)
+    else:
+        train_clips = ClipTokens(train_ds, encode_episodes(train_ds, tokenizer, device), actions_of(train_ds),
+                                 d.context_frames, d.clip_stride, seed=tc.seed, future_frames=d.future_frames)
+        val = _eval_set(cfg, val_ds, encode_episodes(val_ds, tokenizer, device), actions_of(val_ds), layout,
+                        tokenizer, grid, lpips, device)
 
     torch.manual_seed(tc.seed)
     if cfg.model.init_from:
@@ -427,7 +404,8 @@ def setup(cfg: C.PretrainRun) -> State:
     if latest is not None:
         logger.write(f"resumed from {latest} at step {step}")
     return State(cfg, out_dir, device, autocast, tokenizer, layout, grid, model, optimizer, scheduler, train_clips,
-                 val, lpips, lpips_note, logger, step=step, last_saved=step if latest is not None else -1)
+                 val, lpips, lpips_note, logger, step=step, last_saved=step if latest is not None else -1, kind=kind,
+                 context_grid=context_grid)
 
 
 def _layout(d: C.DataConfig, tokens_per_frame: int, action_dims: int, codebook_size: int) -> Layout:
@@ -467,8 +445,14 @@ def corrupt_targets(input_ids: torch.Tensor, labels: torch.Tensor, codebook_size
 def batch(s: State) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's (input_ids, labels) [batch_size * grad_accum, S] on the device."""
     tc = s.cfg.train
-    frames, acts = s.clips.batch(s.step, tc.batch_size * tc.grad_accum)
-    lb = build_sequences(s.layout, frames, acts)
+    pairs = s.clips.pairs(s.step, tc.batch_size * tc.grad_accum)
+    frames, acts = s.clips.gather(pairs)
+    if s.kind == "compressive":  # future codes given the clip's context tokens, encoded per batch
+        context = frames[:, : s.layout.context_frames]
+        future = encode_future_codes(s.tokenizer, context, s.clips.future_images(pairs), s.context_grid, s.device)
+        lb = build_sequences(s.layout, future.cpu(), acts, context_tokens=context)
+    else:
+        lb = build_sequences(s.layout, frames, acts)
     ids = corrupt_targets(lb.input_ids, lb.labels, s.layout.codebook_size, tc.token_noise,
                           (tc.seed, s.step, TOKEN_NOISE_STREAM))
     return ids.to(s.device, non_blocking=True), lb.labels.to(s.device, non_blocking=True)
@@ -515,7 +499,10 @@ def evaluate(s: State, force: bool = False) -> dict | None:
             generated.append(generate_frame(s.model, ids[:, :P], s.layout))
     s.model.train()
     pred_tokens = torch.cat(generated)                                              # [N * S, F]
-    pred = decode_tokens(s.tokenizer, pred_tokens, s.grid, bs)
+    if s.kind == "compressive":
+        pred = decode_future_codes(s.tokenizer, pred_tokens, v.context_tokens, s.grid, s.context_grid, bs)
+    else:
+        pred = decode_tokens(s.tokenizer, pred_tokens, s.grid, bs)
     out = {"loss": loss_sum / total, "token_acc": correct / total,
            **_mean_scores(s.lpips, {"pred": pred}, v.target_frames, bs),
            "pred_token_match": (pred_tokens == v.target_tokens).float().mean().item(), **v.baseline,
@@ -555,12 +542,15 @@ def finish(s: State) -> dict:
                 "context_codebook_size": lay.context_codebook_size, "action_bins": lay.action_bins,
                 "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
                 "clip_stride": s.cfg.data.clip_stride, "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}
+        if s.context_grid is not None:
+            info["context_token_grid"] = list(s.context_grid)
     else:
         info = {"layout": "single_step", "tokens_per_frame": lay.tokens_per_frame, "token_grid": list(s.grid),
                 "context_frames": lay.context_frames, "action_dims": lay.action_dims,
                 "codebook_size": lay.codebook_size, "action_bins": lay.action_bins, "eos": lay.eos,
                 "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
                 "clip_stride": s.cfg.data.clip_stride, "tokenizer": str(tokenizer_dir(s.cfg.tokenizer.checkpoint))}
+    info["tokenizer_kind"] = s.kind
     (model_dir / "layout.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"step": s.step, "out_dir": str(s.out_dir), "model_dir": str(model_dir),
             "eval": {k: v for k, v in s.last_eval.items() if k != "step"}, "train": s.last_train,

@@ -3,7 +3,9 @@ CLI wiring; single-step and multi-step (data.future_frames > 1) layouts.
 
 Data: tiny episodes of moving coloured squares (16x16, 2-dim actions, written with ``episodes.write_episode`` +
 ``compute_action_ranges``); tokenizer: a ``tiny`` FrameTokenizer with 125 codes, random weights (0 training
-steps), saved with ``save_pretrained``: 4x4 = 16 tokens per frame.
+steps), saved with ``save_pretrained``: 4x4 = 16 tokens per frame. Compressive (``tokenizer.kind=compressive``): a ``tiny``
+CompressiveTokenizer, random weights, on the same 16x16 frames: 4x4 context tokens (125 codes), 2x2 future tokens
+(64 codes).
 """
 
 import json
@@ -336,3 +338,117 @@ def test_shipped_multistep_config():
     assert lay.prompt_len + lay.response_len == 137 + 4 * (64 + 4)
     args = recipe._model_args(cfg.model, lay.vocab_size)
     assert args.max_seq_len >= lay.prompt_len + lay.response_len and args.vocab_size == 9008
+
+
+# ---------------------------------------------------------------------------------------------------- compressive
+KF, KC = 64, 125  # the tiny compressive tokenizer's future (dyn_levels [8, 8]) and context ([5, 5, 5]) codebooks
+
+
+@pytest.fixture(scope="module")
+def compressive(assets):
+    """The squares data + a ``tiny`` CompressiveTokenizer (random weights; 16x16 frames: 4x4 context tokens,
+    2x2 future tokens, K_future = 64, K_context = 125)."""
+    from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
+
+    root, _ = assets
+    torch.manual_seed(0)
+    tok_dir = root / "compressive_tokenizer"
+    CompressiveTokenizer.from_name("tiny", levels=[5, 5, 5], dyn_levels=[8, 8]).save_pretrained(tok_dir)
+    return root, tok_dir
+
+
+def _ccfg(compressive, out_dir, *overrides):
+    return _cfg(compressive, out_dir, "tokenizer.kind=compressive", "data.future_frames=2", *overrides)
+
+
+def test_compressive_smoke_run(compressive, assets, tmp_path):
+    result = recipe.run(_ccfg(compressive, tmp_path / "run", "train.steps=2"))
+    out = tmp_path / "run"
+    assert result["step"] == 2
+    layout = json.loads((out / "model" / "layout.json").read_text())
+    assert layout["layout"] == "multi_step" and layout["tokenizer_kind"] == "compressive"
+    assert (layout["tokens_per_frame"], layout["context_tokens_per_frame"]) == (4, 16)
+    assert (layout["token_grid"], layout["context_token_grid"]) == ([2, 2], [4, 4])
+    assert (layout["codebook_size"], layout["context_codebook_size"]) == (KF, KC)
+    assert layout["vocab_size"] == KF + KC + 256 + 2 == Transformer.from_pretrained(out / "model").args.vocab_size
+    train = read_metrics(out, "train")
+    assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    ev = read_metrics(out, "eval")[-1]
+    assert ev["clips"] == 4 and ev["future_frames"] == 2 and np.isfinite(ev["loss"]) and 0 <= ev["token_acc"] <= 1
+    for who in ("pred", "copy", "recon"):
+        assert 0 <= ev[f"{who}_mae"] < 1 and 0 < ev[f"{who}_psnr"] < 100 and -1 <= ev[f"{who}_ssim"] <= 1
+    for who in ("pred", "copy"):
+        assert ev[f"{who}_mae"] == pytest.approx((ev[f"{who}_mae_step1"] + ev[f"{who}_mae_step2"]) / 2, rel=1e-4)
+    assert 0 <= ev["pred_token_match"] <= 1
+    assert recipe.run(_cfg(assets, tmp_path / "f", "train.steps=1"))["step"] == 1  # the frame kind says so too
+    assert json.loads((tmp_path / "f" / "model" / "layout.json").read_text())["tokenizer_kind"] == "frame"
+
+
+def test_compressive_context_cache_and_sequences(compressive, tmp_path):
+    s = recipe.setup(_ccfg(compressive, tmp_path / "run", "train.token_noise=0.5"))
+    s.logger.close()
+    tok, lay, (n, S, F, Fc, A) = s.tokenizer, s.layout, (2, 2, 4, 16, 2)
+    pairs = s.clips.pairs(0, 4)
+    ctx, acts = s.clips.gather(pairs)
+    assert ctx.shape == (4, n + S, Fc) and acts.shape == (4, n + S, A)
+    images = torch.stack([torch.from_numpy(s.clips.images[e][s.clips._index(st)]) for e, st in pairs])
+    images = images.permute(0, 1, 4, 2, 3)                                          # [4, n + S, 3, H, W]
+    within, context = tok.encode_context(images[:, :n])  # the context frames coded within the clip
+    assert torch.equal(within.flatten(2), ctx[:, :n])  # == the per-frame cache
+    future = tok.encode_future(images[:, n:], context).flatten(2)
+    ids, labels = (t.cpu() for t in recipe.batch(s))
+    resp = labels[:, lay.prompt_len:].view(4, S, F + A)
+    assert torch.equal(resp[:, :, :F], future) and (resp[:, :, F:] == -100).all()
+    prompt = ids[:, : lay.prompt_len - 1].view(4, n, Fc + A)
+    assert torch.equal(prompt[:, :, :Fc], ctx[:, :n] + KF)  # context codes offset by K_future
+    frame_target = (labels != -100) & (labels < KF)
+    clean = recipe.build_sequences(lay, future, acts, context_tokens=ctx[:, :n]).input_ids
+    assert (ids != clean).any() and not (ids != clean)[~frame_target].any()  # noise on future-frame inputs only
+    assert ids[frame_target].max() < KF
+    # eval set: the targets are the true future frames' codes; recon decodes them
+    v = s.val
+    assert v.target_tokens.shape == (4 * S, F) and v.context_tokens.shape == (4, n, Fc)
+    assert torch.equal(v.input_ids[:, lay.prompt_len:].view(4, S, F + A)[:, :, :F].flatten(0, 1), v.target_tokens)
+
+
+def test_compressive_generation_with_the_kv_cache_matches_the_full_forward(compressive, tmp_path):
+    s = recipe.setup(_ccfg(compressive, tmp_path / "run"))
+    s.logger.close()
+    lay, model = s.layout, s.model.eval()
+    torch.manual_seed(1)
+    model.reset_parameters(std=0.2)
+    P, F, L = lay.prompt_len, lay.tokens_per_frame, lay.step_len
+    prompt, response = s.val.input_ids[:, :P], s.val.input_ids[:, P:]
+    gen = recipe.generate_frames(model, prompt, lay, response)
+    assert gen.shape == (len(prompt), lay.future_frames, F) and int(gen.max()) < KF
+    ids = prompt
+    with torch.no_grad():
+        for k in range(lay.future_frames):
+            for _ in range(F):
+                nxt = model(ids)[:, -1, :KF].argmax(-1)
+                ids = torch.cat([ids, nxt[:, None]], dim=1)
+            ids = torch.cat([ids, response[:, k * L + F:(k + 1) * L]], dim=1)
+    assert torch.equal(ids[:, P:].view(len(prompt), lay.future_frames, L)[:, :, :F], gen)
+
+
+def test_compressive_resume_is_bit_exact(compressive, tmp_path, monkeypatch):
+    _check_resume(compressive, tmp_path, monkeypatch, "tokenizer.kind=compressive", "data.future_frames=2",
+                  "train.token_noise=0.2")
+
+
+def test_compressive_kind_mismatch_is_an_error(compressive, assets, tmp_path):
+    with pytest.raises(ValueError, match=r"tokenizer.kind=compressive but tokenizer.checkpoint .* holds a frame"):
+        recipe.run(_cfg(assets, tmp_path / "x", "tokenizer.kind=compressive", "data.future_frames=2"))
+    with pytest.raises(ValueError, match=r"tokenizer.kind=frame but tokenizer.checkpoint .* holds a compressive"):
+        recipe.run(_cfg(compressive, tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_shipped_compressive_config():
+    path = SHIPPED.parent / "pretrain_compressive_sim64.yaml"
+    assert path.read_text().splitlines()[0] == f"# rlvr-train pretrain --config rlvr_world/configs/{path.name}"
+    cfg = C.load_config("pretrain", path)
+    tok = C.load_config("tokenizer", SHIPPED.parent / "tokenizer_compressive_sim64.yaml")
+    assert cfg.tokenizer.kind == tok.tokenizer.kind == "compressive" and cfg.tokenizer.checkpoint == tok.train.out_dir
+    assert (cfg.data.context_frames, cfg.data.clip_stride) == (tok.data.context_frames, tok.data.clip_stride)
+    assert cfg.data.future_frames == 4
