@@ -508,6 +508,18 @@ def _grpo_rt1() -> GRPORun:
                         eval_prompts=256, eval_samples=1, eval_top_k=100))
 
 
+def _grpo_rt1_multistep() -> GRPORun:
+    """The paper's RT-1 multi-step GRPO: the compressive tokenizer (320 tokens per context frame, 80 per future
+    frame), 7 future frames each followed by its 13 injected action tokens (response 651 tokens, vocab 9,008),
+    reward -(MAE + LPIPS) averaged over the 7 frames; optimisation as ``grpo-rt1``."""
+    cfg = _grpo_rt1()
+    cfg.data.future_frames = 7
+    cfg.tokenizer = TokenizerConfig(kind="compressive", name="rt1")
+    cfg.model.init_from = "runs/pretrain_rt1_multistep"
+    cfg.train.out_dir = "runs/grpo_rt1_multistep"
+    return cfg
+
+
 # the quick start's sizes (train.quickstart): all four stages under runs/<size>/, 64x64 drawer episodes, the
 # sim-64 tokenizer (8x8 tokens), vwm-tiny with 2 context frames 2 stored frames apart. Measured on 2 shared CPU
 # cores with OMP_NUM_THREADS=1: quickstart collect ~50-85 s, tokenizer ~3 min, pretrain ~5 min, GRPO ~2-4 min;
@@ -571,6 +583,7 @@ def _grpo_quick(size: str) -> GRPORun:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "collect-sim-64": _collect_sim_64,
     "grpo-rt1": _grpo_rt1,
+    "grpo-rt1-multistep": _grpo_rt1_multistep,
     **{f"{stage}-{size}": (lambda make=make, size=size: make(size))
        for size in QUICK
        for stage, make in (("collect", _collect_quick), ("tokenizer", _tokenizer_quick),

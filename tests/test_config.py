@@ -186,7 +186,7 @@ def test_presets():
     assert C.PRESETS["collect-smoke"]().data.episodes_per_task == C.QUICK["smoke"]["episodes"]  # a fresh object
     assert C.load_config("grpo", preset="smoke") == C.PRESETS["grpo-smoke"]()  # the recipe's own short name
     assert "collect-sim-64" in C.presets_for("collect")
-    assert C.presets_for("grpo") == ["grpo-quickstart", "grpo-rt1", "grpo-smoke"]
+    assert C.presets_for("grpo") == ["grpo-quickstart", "grpo-rt1", "grpo-rt1-multistep", "grpo-smoke"]
     for name, make in C.PRESETS.items():
         cfg = make()
         cfg.check()
@@ -204,6 +204,8 @@ def test_the_paper_rt1_grpo_preset():
     assert (g.clip_low, g.clip_high, g.clip_c, g.kl_coef, g.reward) == (0.2, 0.2, 3.0, 1e-3, "neg_mae_lpips")
     assert (t.lr, t.schedule, t.weight_decay, t.grad_clip) == (5e-5, "constant", 0.01, 1.0)
     assert cfg.data.context_frames == 4 and g.eval_top_k == 100
+    multi = C.PRESETS["grpo-rt1-multistep"]()
+    assert multi.data.future_frames == 7 and multi.tokenizer.kind == "compressive" and multi.grpo == cfg.grpo
 
 
 def test_defaults_are_not_shared_between_instances():

@@ -25,10 +25,10 @@ from rlvr_world.data.video_layout import MultiStepLayout, SingleStepLayout
 from rlvr_world.models.compressive_tokenizer import CompressiveTokenizer
 from rlvr_world.models.frame_tokenizer import FrameTokenizer
 
-from .pretrain import ENCODE_BATCH, ClipTokens, encode_episodes, tokenizer_dir
+from . import video_clips
+from .video_clips import ClipTokens, encode_context_frames, encode_episodes
 
-__all__ = ["Layout", "Tokenizer", "VideoClips", "encode_context_frames", "future_frames", "load_layout",
-           "load_tokenizer", "model_dir_of"]
+__all__ = ["Layout", "Tokenizer", "VideoClips", "future_frames", "load_layout", "load_tokenizer", "model_dir_of"]
 
 Layout = SingleStepLayout | MultiStepLayout
 Tokenizer = FrameTokenizer | CompressiveTokenizer
@@ -37,19 +37,6 @@ Tokenizer = FrameTokenizer | CompressiveTokenizer
 def future_frames(layout: Layout) -> int:
     """Predicted frames per response: S for the multi-step layout, 1 for the single-step one."""
     return layout.future_frames if isinstance(layout, MultiStepLayout) else 1
-
-
-@torch.no_grad()
-def encode_context_frames(ds: EpisodeDataset, tokenizer: CompressiveTokenizer, device: torch.device,
-                          batch: int = ENCODE_BATCH) -> list[np.ndarray]:
-    """Every frame's *context* codes (the compressive tokenizer's context branch, one frame at a time): one
-    [T, Fc] int16 array per episode, as ``encode_episodes`` gives for a frame tokenizer."""
-    out = []
-    for i in range(len(ds)):
-        image = torch.from_numpy(ds[i]["image"]).permute(0, 3, 1, 2)                   # [T, 3, H, W] uint8
-        codes = [tokenizer.encode_context(chunk.to(device)[:, None])[0].flatten(1).cpu() for chunk in image.split(batch)]
-        out.append(torch.cat(codes).numpy().astype(np.int16))
-    return out
 
 
 class VideoClips:
@@ -61,10 +48,13 @@ class VideoClips:
                  clips_per_episode: int | None = None):
         acts = [actions.encode(stride_mean_actions(ds[i]["action"], stride)) for i in range(len(ds))]
         kw = {} if clips_per_episode is None else {"clips_per_episode": clips_per_episode}
-        encode = encode_context_frames if isinstance(tokenizer, CompressiveTokenizer) else encode_episodes
-        self.clips = ClipTokens(ds, encode(ds, tokenizer, device), acts, layout.context_frames, stride,
-                                seed=seed, random_start=random_start, future_frames=future_frames(layout), **kw)
         self.images = [ds[i]["image"] for i in range(len(ds))]                     # [T, H, W, 3] uint8 each
+        if isinstance(tokenizer, CompressiveTokenizer):  # the prompt's codes: the context branch's, per frame
+            tokens = encode_context_frames(self.images, tokenizer, device)
+        else:
+            tokens = encode_episodes(ds, tokenizer, device)
+        self.clips = ClipTokens(ds, tokens, acts, layout.context_frames, stride, seed=seed, random_start=random_start,
+                                future_frames=future_frames(layout), **kw)
         self.layout = layout
 
     def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -128,19 +118,16 @@ def load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
 
 
 def load_tokenizer(cfg: C.GRPORun, info: dict, layout: Layout, device: torch.device) -> tuple[Tokenizer, Path]:
-    """The tokenizer the layout names (or ``tokenizer.checkpoint``), frozen fp32, its codebooks checked."""
-    path = tokenizer_dir(cfg.tokenizer.checkpoint or info["tokenizer"])
-    compressive = info.get("tokenizer_kind", "frame") == "compressive"
-    cls = CompressiveTokenizer if compressive else FrameTokenizer
-    try:
-        tokenizer = cls.from_pretrained(path, device=device)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"tokenizer {path}: cannot load it as a {cls.__name__} (the model's layout.json says "
-                         f"tokenizer_kind {info.get('tokenizer_kind', 'frame')!r}): {e}") from None
-    tokenizer = tokenizer.float().eval().requires_grad_(False)
+    """The tokenizer the layout names (or ``tokenizer.checkpoint``), of the layout's ``tokenizer_kind``, frozen
+    fp32, its codebooks checked against the layout."""
+    kind = info.get("tokenizer_kind", "frame")
+    checkpoint = cfg.tokenizer.checkpoint or info["tokenizer"]
+    tokenizer = video_clips.load_tokenizer(kind, checkpoint, device)
+    compressive = isinstance(tokenizer, CompressiveTokenizer)
     sizes = ((tokenizer.future_codebook_size, tokenizer.context_codebook_size) if compressive
              else (tokenizer.codebook_size, tokenizer.codebook_size))
     want = (layout.codebook_size, getattr(layout, "context_codebook_size", layout.codebook_size))
     if sizes != want:
-        raise ValueError(f"tokenizer {path} has codebooks {sizes} (future, context); the model's layout expects {want}")
-    return tokenizer, path
+        raise ValueError(f"tokenizer {checkpoint} has codebooks {sizes} (future, context); the model's layout "
+                         f"expects {want}")
+    return tokenizer, video_clips.tokenizer_dir(checkpoint)
