@@ -26,17 +26,20 @@ from rlvr_world.train.logging import read_metrics
 from .test_pretrain_recipe import _one_thread, assets  # noqa: F401 - fixtures: one thread, squares + tokenizer
 
 
-@pytest.fixture(scope="module")
-def pretrained(assets, tmp_path_factory):  # noqa: F811
+def _pretrained(assets, out, *overrides):  # noqa: F811
     root, tok = assets
-    out = tmp_path_factory.mktemp("pretrained")
     cfg = C.load_config("pretrain", overrides=[
         f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out}", "data.context_frames=2",
         "data.clip_stride=1", "model.name=vwm-tiny", "model.overrides={dim: 32, n_layers: 2, intermediate_size: 64}",
         "train.batch_size=4", "train.steps=6", "train.lr=3e-3", "train.eval_every=0", "train.eval_batches=1",
-        "train.checkpoint_every=0", "progress=false"])
+        "train.checkpoint_every=0", "progress=false", *overrides])
     pretrain.run(cfg)
     return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(assets, tmp_path_factory):  # noqa: F811
+    return _pretrained(assets, tmp_path_factory.mktemp("pretrained"))
 
 
 def _cfg(assets, pretrained, out_dir, *overrides):  # noqa: F811
@@ -260,15 +263,7 @@ def test_shipped_config_continues_the_shipped_pretraining():
 # ------------------------------------------------------------------------------------------- multi-step
 @pytest.fixture(scope="module")
 def pretrained_multistep(assets, tmp_path_factory):  # noqa: F811
-    root, tok = assets
-    out = tmp_path_factory.mktemp("pretrained_multistep")
-    cfg = C.load_config("pretrain", overrides=[
-        f"data.root={root}", f"tokenizer.checkpoint={tok}", f"train.out_dir={out}", "data.context_frames=2",
-        "data.future_frames=3", "data.clip_stride=1", "model.name=vwm-tiny",
-        "model.overrides={dim: 32, n_layers: 2, intermediate_size: 64}", "train.batch_size=4", "train.steps=4",
-        "train.lr=3e-3", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=0", "progress=false"])
-    pretrain.run(cfg)
-    return out
+    return _pretrained(assets, tmp_path_factory.mktemp("pretrained_multistep"), "data.future_frames=3", "train.steps=4")
 
 
 def test_multistep_grpo_samples_frames_and_injects_the_actions(assets, pretrained_multistep, tmp_path):  # noqa: F811
