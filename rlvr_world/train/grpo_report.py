@@ -21,8 +21,8 @@ __all__ = ["HIGHER_IS_BETTER", "comparison_table", "paired_change", "write_repor
 
 HIGHER_IS_BETTER = {"reward": True, "mae": False, "mse": False, "psnr": True, "ssim": True, "lpips": False,
                     "repetition_rate": False}
-TRAIN_CURVES = ["reward_mean", "mae", "lpips", "kl_mean", "clip_frac_low", "clip_frac_high", "grad_norm",
-                "invalid_token_frac", "time_step"]
+TRAIN_CURVES = ["reward_mean", "mae", "lpips", "repetition_rate", "kl_mean", "clip_frac_low", "clip_frac_high",
+                "grad_norm", "invalid_token_frac", "time_step"]  # those the run logged
 EVAL_CURVES = ["reward", "mae", "lpips", "psnr", "ssim", "repetition_rate"]
 
 
@@ -59,6 +59,9 @@ def write_report(s, result: dict) -> Path:
     g = cfg.grpo
     before, after = result["before"], result["after"]
     rows = read_metrics(out)
+    present = {k for r in rows for k, v in r.items() if v is not None}
+    train_keys = [k for k in TRAIN_CURVES if k in present] or TRAIN_CURVES[:1]
+    eval_keys = [k for k in EVAL_CURVES if k in present] or EVAL_CURVES[:1]
     rep = Report("GRPO post-training report")
     rep.text(f"World model `{cfg.model.init_from}` post-trained for {result['step']} steps of {g.prompts_per_step} "
              f"prompts x {g.group_size} samples ({s.dist.world_size} rank(s), {s.device.type}) on reward "
@@ -79,10 +82,10 @@ def write_report(s, result: dict) -> Path:
                                                "copy last frame"])
     else:
         rep.text("No step-0 evaluation is on record (the run was resumed from a checkpoint written before it).")
-    rep.image(plot_curves(rows, TRAIN_CURVES, out / "curves_train.png", title="training (per RL step)",
-                          kinds={k: "train" for k in TRAIN_CURVES}), "training curves")
-    rep.image(plot_curves(rows, EVAL_CURVES, out / "curves_eval.png", title="validation (held-out clips)",
-                          kinds={k: "eval" for k in EVAL_CURVES}), "validation curves")
+    rep.image(plot_curves(rows, train_keys, out / "curves_train.png", title="training (per RL step)",
+                          kinds={k: "train" for k in train_keys}), "training curves")
+    rep.image(plot_curves(rows, eval_keys, out / "curves_eval.png", title="validation (held-out clips)",
+                          kinds={k: "eval" for k in eval_keys}), "validation curves")
     if "after" in s.samples:
         v = s.val
         n = min(8, len(v["targets"]))
