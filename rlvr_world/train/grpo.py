@@ -42,7 +42,8 @@ Choices:
   data parallelism give the gradient of one big batch. A non-finite gradient norm skips the optimizer step
   (counted in ``skipped_updates``). The LR schedule advances once per RL step.
 * **Distributed** (``torchrun``; ``train.distributed``): each rank samples, scores and trains on its
-  contiguous block of the step's prompts (groups never split), DDP averages gradients (the loss is
+  block of every mini-batch of the step's prompts (groups never split; mini-batch k is the same prompts on
+  any number of ranks, so the optimizer steps match one process), DDP averages gradients (the loss is
   scaled by the world size because it is normalised globally), rank 0 evaluates, logs and checkpoints.
 * **Validation** at step 0, every ``train.eval_every`` steps and at the end, on ``grpo.eval_prompts`` fixed
   val clips with ``grpo.eval_samples`` samples each, top-k ``grpo.eval_top_k`` (100, the paper's), the same
@@ -228,13 +229,21 @@ def setup(cfg: C.GRPORun) -> State:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
+def local_prompts(P: int, M: int, dist: distributed.DistInfo) -> list[int]:
+    """The step's prompt indices this rank holds: its block of every mini-batch of M prompts, so that
+    mini-batch k is prompts k*M .. k*M+M-1 on any number of ranks (whole groups; one rank: range(P))."""
+    mine = distributed.shard(M, dist, name="grpo.mini_batch_prompts")
+    return [k + i for k in range(0, P, M) for i in range(mine.start, mine.stop)]
+
+
 def prompts(s: State) -> Batch:
-    """This rank's share of the step's prompts (whole groups)."""
-    P = s.cfg.grpo.prompts_per_step
-    mine = distributed.shard(P, s.dist)
-    pairs = s.train_clips.clips.pairs(s.step, P)[mine]
-    ids, context, targets, forced = s.train_clips.take(pairs)
-    global_ids = torch.arange(s.step * P, (s.step + 1) * P)[mine]
+    """This rank's share of the step's prompts (whole groups, mini-batch by mini-batch)."""
+    g = s.cfg.grpo
+    P = g.prompts_per_step
+    mine = local_prompts(P, g.mini_batch_prompts, s.dist)
+    step_pairs = s.train_clips.clips.pairs(s.step, P)
+    ids, context, targets, forced = s.train_clips.take([step_pairs[i] for i in mine])
+    global_ids = s.step * P + torch.tensor(mine, dtype=torch.int64)
     return Batch(global_ids, ids.to(s.device), context.to(s.device), targets.to(s.device),
                  None if forced is None else forced.to(s.device))
 

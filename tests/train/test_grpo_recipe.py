@@ -161,6 +161,16 @@ def test_bad_configs_fail_before_any_work(assets, pretrained, tmp_path, override
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_every_rank_holds_its_block_of_every_mini_batch():
+    from rlvr_world.train.distributed import DistInfo
+
+    assert recipe.local_prompts(8, 4, DistInfo()) == list(range(8))
+    ranks = [recipe.local_prompts(8, 4, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    assert ranks == [[0, 1, 4, 5], [2, 3, 6, 7]]  # mini-batch 0 = prompts 0-3, mini-batch 1 = prompts 4-7
+    with pytest.raises(ValueError, match="grpo.mini_batch_prompts=3 must be a multiple of the world size 2"):
+        recipe.local_prompts(6, 3, DistInfo(rank=0, world_size=2))
+
+
 def test_paired_change_statistics():
     from rlvr_world.train.grpo_report import paired_change
 
@@ -232,8 +242,10 @@ def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> No
 
 
 def test_two_gloo_ranks_give_the_gradient_of_one(assets, pretrained, tmp_path, monkeypatch):  # noqa: F811
-    # one mini-batch of all 4 prompts: each rank holds 2 prompts x 4 samples, 2 micro-batches of 4 sequences
-    cfg = _cfg(assets, pretrained, tmp_path / "one", "grpo.mini_batch_prompts=4", "grpo.kl_coef=1e-3")
+    # the first of two mini-batches (prompts 0 and 1): each rank holds one prompt of it x 4 samples, in 2
+    # micro-batches of 2 sequences; one process holds both, in 4
+    cfg = _cfg(assets, pretrained, tmp_path / "one", "grpo.mini_batch_prompts=2", "grpo.micro_batch_size=2",
+               "grpo.kl_coef=1e-3")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     single = _grads_of_one_update(cfg)
