@@ -2,7 +2,7 @@
 RLVR stage), single-step (context frames -> the next frame) or multi-step (context frames -> S frames, each
 followed by its given action).
 
-A short lifecycle (torchtune's): ``setup`` (world model + layout from a pre-training run, frame tokenizer,
+A short lifecycle (torchtune's): ``setup`` (world model + layout from a pre-training run, its tokenizer,
 frozen reference model, data, LPIPS, optimizer, resume) -> per step ``prompts`` -> ``rollout`` -> ``decode``
 -> ``score`` -> ``advantages`` -> ``reference_logprobs`` -> ``update`` -> log -> ``evaluate`` -> checkpoint
 -> ``finish`` (final evaluation, checkpoint, the post-trained model in the HF layout, ``report.md``).
@@ -12,15 +12,15 @@ Choices:
 * **One process holds one copy of the weights**: the sampler (``rlvr_world.rollout.generate``, prefill once
   per group, shared-prefix KV) reads the very parameters the optimizer updates; nothing is synchronised.
 * **Where things come from**: ``model.init_from`` is the pre-training run (or its ``model/`` directory); its
-  ``layout.json`` fixes the token layout, and ``data.context_frames`` / ``data.clip_stride`` must agree with
-  it. ``tokenizer.checkpoint`` defaults to the tokenizer that layout names. The reference policy is the
+  ``layout.json`` fixes the token layout and the tokenizer kind, and ``data.context_frames`` /
+  ``data.future_frames`` / ``data.clip_stride`` must agree with it. ``tokenizer.checkpoint`` defaults to the tokenizer that layout names. The reference policy is the
   initial model, frozen (bf16 on a GPU, ``grpo.ref_precision``); it is not built when ``grpo.kl_coef`` is 0.
 * **Prompts**: step s uses training clips s*P .. s*P+P-1 of the pre-training sampler's stream (P =
-  ``grpo.prompts_per_step``); the batch depends only on (train.seed, step). Responses are the target
-  frame's tokens (fixed length, no EOS). Sampling is keyed by the global prompt index, so a prompt gets the
+  ``grpo.prompts_per_step``); the batch depends only on (train.seed, step). Single-step responses are the
+  target frame's tokens (fixed length, no EOS). Sampling is keyed by the global prompt index, so a prompt gets the
   same samples on any number of ranks. A sampled token that is not a frame code (an action bin, BOS or
-  EOS: rare after pre-training) is decoded as the last context frame's token at that position and counted
-  (``invalid_token_frac``); the policy keeps the token it sampled.
+  EOS: rare after pre-training) is decoded as the last context frame's token at that position (code 0 with
+  the compressive tokenizer) and counted (``invalid_token_frac``); the policy keeps the token it sampled.
 * **Multi-step** (a model pre-trained with ``data.future_frames = S > 1``, ``MultiStepLayout``): each response
   is S x (F sampled frame tokens + A action tokens); the actions are the clip's true ones, injected by the
   rollout engine as forced tokens (appended to the KV cache, never a re-prefill; log-prob 0, loss mask
