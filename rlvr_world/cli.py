@@ -188,7 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(C.to_yaml(cfg))
         return 0
-    return AVAILABLE[args.recipe](cfg)
+    try:
+        return AVAILABLE[args.recipe](cfg)
+    except KeyboardInterrupt as e:  # train.loop.Interrupted: the last finished step is checkpointed
+        where = f" after step {e.step}" if hasattr(e, "step") else ""
+        print(f"rlvr-train {args.recipe}: interrupted{where}; continue with train.resume=true", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -146,3 +146,14 @@ def test_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "rlvr_world.cli", "eval"], capture_output=True, text=True,
                           check=False, timeout=120)
     assert proc.returncode == 2 and "not available yet in this version" in proc.stderr
+
+
+def test_an_interrupted_recipe_exits_130(monkeypatch, capsys, tmp_path):
+    from rlvr_world.train.loop import Interrupted
+
+    def interrupted(cfg):
+        raise Interrupted(7, tmp_path)
+
+    monkeypatch.setitem(cli.AVAILABLE, "collect", interrupted)
+    assert cli.main(["collect", f"data.root={tmp_path}"]) == 130
+    assert "interrupted after step 7; continue with train.resume=true" in capsys.readouterr().err

@@ -13,8 +13,8 @@ of the current directory:
 Choices: each stage runs as its own command in a child process (``python -m rlvr_world.cli STAGE --preset
 STAGE-SIZE``), exactly as a user would type it, so one stage's state (the simulator's offscreen GL context,
 memory) never reaches the next. A stage whose output is complete is skipped and an interrupted one resumes
-from its checkpoint,
-so running the command again continues where it stopped (delete ``runs/<size>`` to start over). LPIPS uses
+from its checkpoint, so running the command again continues where it stopped (delete ``runs/<size>`` to
+start over; Ctrl-C lets the running stage checkpoint, then stops). LPIPS uses
 AlexNet features here (VGG16, the paper's, costs ~10x more on a CPU; ``grpo.lpips_net``). Without the
 ImageNet LPIPS weights (``python -m rlvr_world.models.lpips_weights``, fetched by ``make quickstart``)
 the GRPO reward falls back to -MAE and the run says so.
@@ -91,7 +91,11 @@ def run(size: str, runner: Callable[[str, str, Sequence[str]], int] = run_comman
         print_fn(f"[{i}/{len(STAGES)}] {stage}: {command}")
         sys.stdout.flush()  # before the child process writes
         t = time.perf_counter()
-        status = runner(stage, size, overrides[stage])
+        try:
+            status = runner(stage, size, overrides[stage])
+        except KeyboardInterrupt:
+            print_fn(f"{size}: interrupted during {stage}; run the same command again to continue")
+            return 130
         if status:
             print_fn(f"{size}: stage {stage} failed (exit status {status}); fix the error and run the same "
                      f"command again to continue")

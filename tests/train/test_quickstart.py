@@ -84,3 +84,14 @@ def test_stages_run_as_child_commands(monkeypatch):
     monkeypatch.setattr(quickstart.subprocess, "run", lambda cmd, check: seen.append(cmd) or Done())
     assert quickstart.run_command("grpo", "smoke", ["grpo.reward=neg_mae"]) == 0
     assert seen[0][1:] == ["-m", "rlvr_world.cli", "grpo", "--preset", "grpo-smoke", "grpo.reward=neg_mae"]
+
+
+def test_ctrl_c_stops_the_quick_start_with_status_130(in_tmp):
+    def runner(stage, size, overrides):
+        if stage == "tokenizer":
+            raise KeyboardInterrupt
+        return 0
+
+    lines = []
+    assert quickstart.run("smoke", runner, print_fn=lines.append) == 130
+    assert "interrupted during tokenizer" in lines[-1]
