@@ -417,6 +417,7 @@ def update(s: State, b: Batch) -> dict:
     n_rows = len(b.rollout.tokens)
     weight = s.model.lm_head_weight
     stats_sum: dict[str, float] = {}
+    extremes: dict[str, float] = {}
     n_updates, loss_sum, norms = 0, 0.0, []
     for _ in range(g.ppo_epochs):
         for m0 in range(0, n_rows, rows_per_mini):
@@ -440,8 +441,12 @@ def update(s: State, b: Batch) -> dict:
                     (loss * world).backward()
                 loss_sum += loss.item()
                 share = b.rollout.mask[rows].sum().item() / max(num_tokens / world, 1.0)
-                for k, v in stats.as_dict().items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v * share
+                for k, v in stats.as_dict().items():  # token-weighted means (min / max of the ratio: extremes)
+                    if k in ("ratio_min", "ratio_max"):
+                        pick = min if k == "ratio_min" else max
+                        extremes[k] = pick(extremes.get(k, v), v)
+                    else:
+                        stats_sum[k] = stats_sum.get(k, 0.0) + v * share
             norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
             if torch.isfinite(norm):
                 s.optimizer.step()
@@ -450,8 +455,9 @@ def update(s: State, b: Batch) -> dict:
                 s.skipped_updates += 1
             s.optimizer.zero_grad(set_to_none=True)
             n_updates += 1
-    out = {k: v / n_updates for k, v in stats_sum.items()}
-    out.update(loss=loss_sum / n_updates, grad_norm=float(np.mean(norms)) if norms else float("nan"),
+    out = {**{k: v / n_updates for k, v in stats_sum.items()}, **extremes}
+    # the loss of the whole mini-batch is the sum of the ranks' parts: x world, then averaged over ranks in the log
+    out.update(loss=loss_sum * world / n_updates, grad_norm=float(np.mean(norms)) if norms else float("nan"),
                skipped_updates=s.skipped_updates, updates=n_updates)
     return out
 
