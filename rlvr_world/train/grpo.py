@@ -57,6 +57,7 @@ Choices:
 from __future__ import annotations
 
 import copy
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,4 +569,6 @@ def run(cfg: C.GRPORun) -> dict:
             evaluate(s, force=True)
         return loop.run_steps(s, lambda _s: None, lambda st, _b: train_step(st), evaluate, save_checkpoint, finish)
     finally:
+        s.policy = None  # DDP's reducer must go before its process group
+        gc.collect()
         distributed.shutdown()

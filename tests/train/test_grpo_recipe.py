@@ -209,8 +209,8 @@ def test_cli_runs_grpo_and_prints_the_comparison(assets, pretrained, tmp_path, c
 
 
 # ------------------------------------------------------------------------------------------- 2 gloo ranks
-def _grads_of_one_update(cfg) -> tuple[float, dict[str, torch.Tensor]]:
-    """The loss and the gradients of the first optimizer step of ``cfg``'s first RL step (the step is not taken)."""
+def _grads_of_one_update(cfg) -> dict[str, torch.Tensor]:
+    """The gradients of the first optimizer step of ``cfg``'s first RL step (the step is not taken)."""
     s = recipe.setup(cfg)
     b = recipe.reference_logprobs(s, recipe.advantages(s, recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))))
     grads = {}
@@ -223,6 +223,7 @@ def _grads_of_one_update(cfg) -> tuple[float, dict[str, torch.Tensor]]:
     with pytest.raises(StopIteration):
         recipe.update(s, b)
     s.logger.close()
+    del s.optimizer.step  # no cycle keeps the state (and a DDP reducer) alive
     return grads
 
 
@@ -236,8 +237,11 @@ def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> No
         if rank == 0:
             torch.save(grads, out)
     finally:
+        import gc
+
         from rlvr_world.train import distributed
 
+        gc.collect()  # the state (and its DDP reducer) goes before the process group
         distributed.shutdown()
 
 
