@@ -313,7 +313,8 @@ def _frames(s: State, tokens: torch.Tensor, context: torch.Tensor, group: int
     with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
         frames = _decode_codes(s, codes, context, group)                            # bf16 on a GPU
     frames = frames.float().clamp(0, 1)                                             # [P*G, S, 3, H, W]
-    return (frames if future_frames(s.layout) > 1 else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
+    multi = isinstance(s.layout, MultiStepLayout)  # multi-step targets are [P, S, 3, H, W], also for S = 1
+    return (frames if multi else frames[:, 0]), codes, invalid.float().flatten(1).mean(dim=1)
 
 
 def decode(s: State, b: Batch) -> Batch:

@@ -54,7 +54,8 @@ class VideoClips:
         else:
             tokens = encode_episodes(ds, tokenizer, device)
         self.clips = ClipTokens(ds, tokens, acts, layout.context_frames, stride, seed=seed, random_start=random_start,
-                                future_frames=future_frames(layout), **kw)
+                                future_frames=future_frames(layout), multi_step=isinstance(layout, MultiStepLayout),
+                                **kw)
         self.layout = layout
 
     def take(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

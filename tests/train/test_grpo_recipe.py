@@ -325,8 +325,8 @@ def test_repetition_penalty_needs_a_multistep_model(assets, pretrained, tmp_path
         recipe.run(_cfg(assets, pretrained, tmp_path / "run", "grpo.repetition_penalty=0.1"))
 
 
-@pytest.fixture(scope="module")
-def compressive_model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[2, 1], ids=["S2", "S1"])
+def compressive_model(tmp_path_factory, request):
     """32x32 squares, a random ``tiny`` compressive tokenizer (8x8 context / 4x4 future tokens) and a random
     world model in its multi-step layout (written by hand: the recipe only reads layout.json + the model)."""
     import numpy as np
@@ -348,41 +348,43 @@ def compressive_model(tmp_path_factory):
     torch.manual_seed(0)
     tok = CompressiveTokenizer.from_name("tiny")
     tok.save_pretrained(root / "tokenizer")
-    lay = MultiStepLayout(tokens_per_frame=16, context_tokens_per_frame=64, context_frames=2, future_frames=2,
+    S = request.param  # future frames (the compressive layout is multi-step even for S = 1)
+    lay = MultiStepLayout(tokens_per_frame=16, context_tokens_per_frame=64, context_frames=2, future_frames=S,
                           action_dims=2, codebook_size=tok.future_codebook_size,
                           context_codebook_size=tok.context_codebook_size, action_bins=256)
     model = Transformer(ModelArgs.from_name("vwm-tiny", dim=32, n_layers=2, intermediate_size=64,
                                             vocab_size=lay.vocab_size))
     model.save_pretrained(root / "run" / "model")
     info = {"layout": "multi_step", "tokenizer_kind": "compressive", "tokens_per_frame": 16,
-            "context_tokens_per_frame": 64, "context_frames": 2, "future_frames": 2, "action_dims": 2,
+            "context_tokens_per_frame": 64, "context_frames": 2, "future_frames": S, "action_dims": 2,
             "codebook_size": lay.codebook_size, "context_codebook_size": lay.context_codebook_size,
             "action_bins": 256, "bos_id": lay.bos_id, "eos_id": lay.eos_id, "vocab_size": lay.vocab_size,
             "clip_stride": 1, "token_grid": [4, 4], "tokenizer": str(root / "tokenizer")}
     (root / "run" / "model" / "layout.json").write_text(json.dumps(info))
-    return root, tok
+    return root, tok, S
 
 
-def _compressive_cfg(root, out_dir):
+def _compressive_cfg(root, out_dir, S):
     return C.load_config("grpo", overrides=[
         f"data.root={root}", f"model.init_from={root / 'run'}", f"train.out_dir={out_dir}", "data.context_frames=2",
-        "data.future_frames=2", "data.clip_stride=1", "grpo.reward=neg_mae", "grpo.group_size=2",
+        f"data.future_frames={S}", "data.clip_stride=1", "grpo.reward=neg_mae", "grpo.group_size=2",
         "grpo.prompts_per_step=2", "grpo.mini_batch_prompts=2", "grpo.eval_prompts=2", "grpo.eval_samples=2",
         "train.steps=1", "progress=false"])
 
 
 def test_compressive_multistep_grpo_decodes_against_the_prompts_context(compressive_model, tmp_path):
-    root, tok = compressive_model
-    s = recipe.setup(_compressive_cfg(root, tmp_path / "run"))
+    root, tok, S = compressive_model
+    s = recipe.setup(_compressive_cfg(root, tmp_path / "run", S))
     b = recipe.score(s, recipe.decode(s, recipe.rollout(s, recipe.prompts(s))))
-    assert b.rollout.tokens.shape == (4, 2 * (16 + 2)) and b.frames.shape == (4, 2, 3, 32, 32)
+    frames = b.frames                                                               # [4, S, 3, 32, 32]
+    assert b.rollout.tokens.shape == (4, S * (16 + 2)) and frames.shape == (4, S, 3, 32, 32)
     # sample 3 belongs to prompt 1: decoding it alone against prompt 1's context gives the same frames
     ctx = tok.context_from_tokens(b.context[1:2].view(1, 2, 8, 8))
-    alone = tok.decode_future(b.codes[3:4].view(1, 2, 4, 4), ctx)
-    assert torch.allclose(alone, b.frames[3:4], atol=1e-6)
+    alone = tok.decode_future(b.codes[3:4].view(1, S, 4, 4), ctx)
+    assert torch.allclose(alone, frames[3:4], atol=1e-6)
     s.logger.close()
-    result = recipe.run(_compressive_cfg(root, tmp_path / "full"))
-    assert result["step"] == 1 and "repetition_rate" in result["after"]
+    result = recipe.run(_compressive_cfg(root, tmp_path / "full", S))
+    assert result["step"] == 1 and ("repetition_rate" in result["after"]) == (S > 1)
 
 
 @pytest.mark.cuda
