@@ -39,7 +39,7 @@ def parse_changes(text: str) -> dict[str, set[str]]:
     {'new': {'[1] a'}, 'deleted': set(), 'updated': {'[2] b'}}
     """
     if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     sections: dict[str, set[str]] = {name: set() for name in SECTIONS}
     current = None
     for raw in text.splitlines():
@@ -63,7 +63,7 @@ def score(response: str, ground_truth: str) -> float:
     """
     if not isinstance(response, str) or not isinstance(ground_truth, str):
         bad = "response" if not isinstance(response, str) else "ground_truth"
-        raise ValueError(f"{bad} must be a str, got {type(response if bad == 'response' else ground_truth).__name__}")
+        raise TypeError(f"{bad} must be a str, got {type(response if bad == 'response' else ground_truth).__name__}")
     pred, truth = parse_changes(response), parse_changes(ground_truth)
     n_pred = sum(len(v) for v in pred.values())
     n_truth = sum(len(v) for v in truth.values())

@@ -43,9 +43,9 @@ def test_nothing_changed_and_nothing_predicted_is_perfect_but_a_spurious_item_is
 
 
 def test_bad_inputs_name_the_argument():
-    with pytest.raises(ValueError, match="response must be a str"):
+    with pytest.raises(TypeError, match="response must be a str"):
         web.score(None, TRUTH)
-    with pytest.raises(ValueError, match="ground_truth must be a str"):
+    with pytest.raises(TypeError, match="ground_truth must be a str"):
         web.score(TRUTH, ["New items:"])
 
 
