@@ -331,16 +331,23 @@ def _metrics(pred: torch.Tensor, target: torch.Tensor, group: int, lpips) -> dic
 
 
 @torch.no_grad()
-def _reward(s: State, frames: torch.Tensor, targets: torch.Tensor, group: int) -> tuple[torch.Tensor, dict]:
-    """(rewards [B], {metric: [B]}) of frames [B, 3, H, W] against targets [B / group, 3, H, W], in one pass
-    when the reward declares its metric weights (``terms``, as the built-in ones do)."""
+def _reward(s: State, frames: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor, context: torch.Tensor,
+            group: int) -> tuple[torch.Tensor, dict]:
+    """(rewards [B], {metric: [B]}) of frames [B, (S,) 3, H, W] against targets [B / group, (S,) 3, H, W], in one
+    pass when the reward declares its metric weights (``terms``, as the built-in ones do); multi-step (S > 1):
+    minus ``grpo.repetition_penalty`` x the repetition rate of the decoded codes [B, S, F], also returned."""
     fn = REWARDS[s.cfg.grpo.reward]
     terms = getattr(fn, "terms", None)
     if terms is None:
-        return fn(frames, targets, group_size=group, lpips=s.lpips).float(), _metrics(frames, targets, group, s.lpips)
-    names = PIXEL_METRICS + (("lpips",) if s.lpips is not None else ())
-    reward, scores = video_reward(frames, targets, terms, group_size=group, lpips=s.lpips, metrics=names)
-    return reward.float(), scores
+        reward, scores = fn(frames, targets, group_size=group, lpips=s.lpips), _metrics(frames, targets, group, s.lpips)
+    else:
+        names = PIXEL_METRICS + (("lpips",) if s.lpips is not None else ())
+        reward, scores = video_reward(frames, targets, terms, group_size=group, lpips=s.lpips, metrics=names)
+    reward = reward.float()
+    if future_frames(s.layout) > 1:
+        scores["repetition_rate"] = _repetition(s, codes, context, group)
+        reward = reward - s.cfg.grpo.repetition_penalty * scores["repetition_rate"]
+    return reward, scores
 
 
 def _repetition(s: State, codes: torch.Tensor, context: torch.Tensor, group: int) -> torch.Tensor:
@@ -354,11 +361,7 @@ def _repetition(s: State, codes: torch.Tensor, context: torch.Tensor, group: int
 
 def score(s: State, b: Batch) -> Batch:
     """Rewards [P*G] against the true next frames (read once per group) and the per-metric means."""
-    g = s.cfg.grpo
-    b.rewards, scores = _reward(s, b.frames, b.targets, g.group_size)
-    if future_frames(s.layout) > 1:
-        scores["repetition_rate"] = _repetition(s, b.codes, b.context, g.group_size)
-        b.rewards = b.rewards - g.repetition_penalty * scores["repetition_rate"]
+    b.rewards, scores = _reward(s, b.frames, b.codes, b.targets, b.context, s.cfg.grpo.group_size)
     b.metrics.update({k: v.mean().item() for k, v in scores.items()})
     return b
 
@@ -505,10 +508,7 @@ def evaluate(s: State, force: bool = False) -> dict | None:
         s.model.train()
         context = v["context"].to(s.device)
         frames, codes, invalid = _frames(s, r.tokens, context, S)
-        reward, scores = _reward(s, frames, v["targets"], S)
-        if future_frames(s.layout) > 1:
-            scores["repetition_rate"] = _repetition(s, codes, context, S)
-            reward = reward - g.repetition_penalty * scores["repetition_rate"]
+        reward, scores = _reward(s, frames, codes, v["targets"], context, S)
         out = {"reward": reward.mean().item(), **{k: x.mean().item() for k, x in scores.items()},
                "invalid_token_frac": invalid.mean().item(), "clips": len(v["prompts"]), "samples": S,
                **{f"copy_{k}": x.mean().item() for k, x in v["copy"].items()}}
