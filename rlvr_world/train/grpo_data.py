@@ -95,6 +95,7 @@ def load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
                          f"allowed: 'single_step', 'multi_step'")
     d = cfg.data
     info.setdefault("future_frames", 1)
+    info.setdefault("tokenizer_kind", "frame")  # layout.json files written before the compressive kind existed
     for key, mine in (("context_frames", d.context_frames), ("clip_stride", d.clip_stride),
                       ("future_frames", d.future_frames)):
         if info[key] != mine:
@@ -104,13 +105,11 @@ def load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
     if kind == "multi_step":
         layout = MultiStepLayout(**common, context_tokens_per_frame=info["context_tokens_per_frame"],
                                  future_frames=info["future_frames"], context_codebook_size=info["context_codebook_size"])
-        info.setdefault("tokenizer_kind", "frame")
         if info["tokenizer_kind"] == "frame" and layout.context_tokens_per_frame != layout.tokens_per_frame:
             raise ValueError(f"model.init_from: {model_dir / 'layout.json'} has {layout.context_tokens_per_frame} "
                              f"context and {layout.tokens_per_frame} future tokens per frame with tokenizer_kind "
                              f"'frame'; different rates need tokenizer_kind 'compressive'")
     else:
-        info.setdefault("tokenizer_kind", "frame")
         if info["tokenizer_kind"] != "frame":
             raise ValueError(f"model.init_from: a single-step layout needs tokenizer_kind 'frame', got "
                              f"{info['tokenizer_kind']!r}")
@@ -121,7 +120,7 @@ def load_layout(cfg: C.GRPORun) -> tuple[Path, dict, Layout]:
 def load_tokenizer(cfg: C.GRPORun, info: dict, layout: Layout, device: torch.device) -> tuple[Tokenizer, Path]:
     """The tokenizer the layout names (or ``tokenizer.checkpoint``), of the layout's ``tokenizer_kind``, frozen
     fp32, its codebooks checked against the layout."""
-    kind = info.get("tokenizer_kind", "frame")
+    kind = info["tokenizer_kind"]  # set by load_layout
     checkpoint = cfg.tokenizer.checkpoint or info["tokenizer"]
     tokenizer = video_clips.load_tokenizer(kind, checkpoint, device)
     compressive = isinstance(tokenizer, CompressiveTokenizer)
