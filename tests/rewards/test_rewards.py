@@ -55,6 +55,18 @@ def test_multistep_reductions(reduce):
     assert_close("shared target = repeated target", got, full, atol=0)
 
 
+def test_reward_with_its_metrics_in_one_pass():
+    pred, target = _multistep()
+    fn = REWARDS["neg_mse"]
+    reward, metrics = rewards.video_reward(pred, target, fn.terms, group_size=2, metrics=("mae", "ssim"))
+    assert torch.equal(reward, fn(pred, target, group_size=2))
+    assert torch.equal(metrics["mae"], -REWARDS["neg_mae"](pred, target, group_size=2))
+    assert torch.equal(metrics["ssim"], REWARDS["ssim"](pred, target, group_size=2))
+    assert all(getattr(f, "terms", None) for f in REWARDS.values())  # every named reward declares its weights
+    with pytest.raises(ValueError, match="metrics must be names in"):
+        rewards.video_reward(pred, target, fn.terms, metrics=("psnrr",))
+
+
 def test_weighted_sums_the_terms():
     pred, target = _multistep(t=2)
     combo = weighted(mse=-2.0, ssim=0.5)
