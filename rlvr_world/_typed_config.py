@@ -213,6 +213,9 @@ def apply_yaml(config, path: str | Path):
         raise ValueError(f"{path} must hold a mapping of keys to values, got {type(values).__name__}")  # noqa: TRY004
     values = dict(values)
     recipe = values.pop("recipe", config.recipe)
+    kind = values.pop("kind", getattr(config, "kind", "video"))
+    if kind != getattr(config, "kind", "video"):
+        raise ValueError(f"{path} is a {kind!r} config of recipe {recipe!r}, not a {getattr(config, 'kind', 'video')!r} one")
     if recipe != config.recipe:
         raise ValueError(f"{path} is a config of recipe {recipe!r}, not {config.recipe!r}")
     try:

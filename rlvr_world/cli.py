@@ -101,8 +101,43 @@ def _run_pretrain(cfg: C.PretrainRun) -> int:
     return 0
 
 
+def _run_sft(cfg) -> int:
+    """Supervised fine-tuning of a language world model; the model + tokenizer land in ``train.out_dir``/model."""
+    from .train import sft
+
+    try:
+        result = sft.run(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data / Java / browser, bad lengths
+        print(f"rlvr-train sft: error: {e}", file=sys.stderr)
+        return 1
+    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; "
+          f"{sft.summary_line(result['step'], result['eval'], cfg.data.eval_split)}; model saved to "
+          f"{result['model_dir']}; report: {result['report']}")
+    return 0
+
+
+def _run_text_grpo(cfg) -> int:
+    from .eval.report import markdown_table
+    from .train import text_grpo
+    from .train.text_report import comparison_rows
+
+    try:
+        result = text_grpo.run(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"rlvr-train grpo: error: {e}", file=sys.stderr)
+        return 1
+    print(f"trained {result['step']} GRPO steps in {result['seconds']:.0f} s; model saved to {result['model_dir']}; "
+          f"report: {result['report']}")
+    if result["before"] and result["after"]:
+        print(markdown_table(comparison_rows(result["before"], result["after"]), ["metric", "SFT", "RLVR (GRPO)",
+                                                                                 "change"]))
+    return 0
+
+
 def _run_grpo(cfg: C.GRPORun) -> int:
     """GRPO post-training of a pre-trained world model; the model lands in ``train.out_dir``/model, with report.md."""
+    if getattr(cfg, "kind", "video") == "text":
+        return _run_text_grpo(cfg)
     from .train import grpo
     from .train.grpo_report import comparison_table, paired_change
 
@@ -127,7 +162,8 @@ def _run_grpo(cfg: C.GRPORun) -> int:
 
 # recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
 AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer,
-                                                      "pretrain": _run_pretrain, "grpo": _run_grpo}
+                                                      "pretrain": _run_pretrain, "grpo": _run_grpo,
+                                                      "sft": _run_sft}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -591,10 +591,36 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 }
 
 
+# language world models (config_lang imports this module's sections: registered here, after them)
+from .config_lang import TEXT_PRESETS, MPCRun, SFTRun, TextGRPORun
+
+RECIPES.update({"sft": SFTRun, "mpc": MPCRun})
+# roots that share a subcommand with RECIPES[recipe], chosen by a preset or a YAML file's top-level `kind:`
+KINDS: dict[tuple[str, str], type[RunConfig]] = {("grpo", "text"): TextGRPORun}
+PRESETS.update(TEXT_PRESETS)
+
+
+def root_class(recipe: str, kind: str | None = None) -> type[RunConfig]:
+    """The config root of ``recipe`` (``kind``: None / "video" for the default root, "text" for text GRPO)."""
+    if kind in (None, getattr(RECIPES[recipe], "kind", "video")):
+        return RECIPES[recipe]
+    if (recipe, kind) not in KINDS:
+        kinds = [getattr(RECIPES[recipe], "kind", "video")] + [k for r, k in KINDS if r == recipe]
+        raise ValueError(f"kind of recipe {recipe!r} must be one of {kinds}, got {kind!r}")
+    return KINDS[(recipe, kind)]
+
+
+def _yaml_kind(path: str | Path) -> str | None:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # apply_yaml reports it
+    return values.get("kind") if isinstance(values, Mapping) else None
+
+
 def presets_for(recipe: str) -> list[str]:
-    """Names of the presets whose root is ``recipe``'s."""
-    cls = RECIPES[recipe]
-    return sorted(name for name, make in PRESETS.items() if type(make()) is cls)
+    """Names of the presets whose root runs under ``recipe``."""
+    return sorted(name for name, make in PRESETS.items() if make().recipe == recipe)
 
 
 def load_config(recipe: str, path: str | Path | None = None, overrides: Iterable[str] = (), *,
@@ -607,7 +633,7 @@ def load_config(recipe: str, path: str | Path | None = None, overrides: Iterable
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    cls = RECIPES[recipe]
+    cls = root_class(recipe, _yaml_kind(path) if path is not None and preset is None else None)
     if preset is None:
         config = cls()
     else:
@@ -617,7 +643,7 @@ def load_config(recipe: str, path: str | Path | None = None, overrides: Iterable
             names = ", ".join(presets_for(recipe)) or "none"
             raise ValueError(f"unknown preset {preset!r}; presets of {recipe}: {names}")
         config = PRESETS[preset]()
-        if type(config) is not cls:
+        if config.recipe != recipe:
             raise ValueError(f"preset {preset!r} is a {config.recipe!r} config, not {recipe!r}; presets of "
                              f"{recipe}: {', '.join(presets_for(recipe)) or 'none'}")
     if path is not None:
@@ -638,8 +664,8 @@ def to_dict(config) -> dict:
 
 def from_dict(recipe: str, values: Mapping) -> RunConfig:
     """A checked config of ``recipe`` from a nested dict (as ``to_dict`` gives)."""
-    config = RECIPES[recipe]()
     values = dict(values)
+    config = root_class(recipe, values.pop("kind", None))()
     if values.pop("recipe", recipe) != recipe:
         raise ValueError(f"values are a config of another recipe, not {recipe!r}")
     set_fields(config, values, "")
@@ -649,7 +675,8 @@ def from_dict(recipe: str, values: Mapping) -> RunConfig:
 
 def to_yaml(config: RunConfig, path: str | Path | None = None) -> str:
     """The resolved config as YAML headed by ``recipe:``; also written to ``path`` when given."""
-    text = yaml.safe_dump({"recipe": config.recipe, **to_dict(config)}, sort_keys=False,
+    head = {"recipe": config.recipe, **({"kind": config.kind} if hasattr(config, "kind") else {})}
+    text = yaml.safe_dump({**head, **to_dict(config)}, sort_keys=False,
                           default_flow_style=None)
     if path is not None:
         path = Path(path)

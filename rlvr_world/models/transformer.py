@@ -106,6 +106,12 @@ PRESETS: dict[str, dict] = {
     "vwm-xs": {"dim": 256, "n_layers": 4, "n_heads": 4, "intermediate_size": 1024, "max_seq_len": 2048},
     "vwm-tiny": {"dim": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 512,
                  "max_seq_len": 2048},
+    # language world models (Qwen2-shaped: q/k/v biases, GQA); vocab_size comes from the tokenizer
+    "lm-tiny": {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 768,
+                "qkv_bias": True, "tie_embeddings": True, "max_seq_len": 2048, "vocab_size": 2048},
+    # the shape of DeepSeek-R1-Distill-Qwen-1.5B (the paper's language base model), for benchmarks
+    "qwen2-1.5b": {"dim": 1536, "n_layers": 28, "n_heads": 12, "n_kv_heads": 2, "intermediate_size": 8960,
+                   "qkv_bias": True, "vocab_size": 151936, "max_seq_len": 4096, "norm_eps": 1e-6},
 }
 
 
