@@ -187,9 +187,9 @@ class MPCRun(RunConfig):
 # presets (CPU size: minutes per stage)
 
 SMALL = {
-    "textgame": {"root": "runs/lang/data/textgame", "sft_steps": 1500, "grpo_steps": 60, "max_prompt": 768,
-                 "max_answer": 256},
-    "web": {"root": "runs/lang/data/web", "sft_steps": 1000, "grpo_steps": 60, "max_prompt": 512,
+    "textgame": {"root": "runs/lang/data/textgame", "sft_steps": 800, "sft_batch": 8, "grpo_steps": 40,
+                 "max_prompt": 768, "max_answer": 256},
+    "web": {"root": "runs/lang/data/web", "sft_steps": 600, "sft_batch": 16, "grpo_steps": 40, "max_prompt": 512,
             "max_answer": 160},
 }
 COLLECT = {"textgame": {"scope": "focus", "workers": 2}, "web": {"seeds": [0, 150], "workers": 2}}
@@ -211,7 +211,8 @@ def _sft(domain: str, size: str) -> SFTRun:
     steps = 20 if size == "smoke" else SMALL[domain]["sft_steps"]
     return SFTRun(data=_data(domain, size), model=LMConfig(name="lm-tiny", bpe_vocab_size=512 if size == "smoke" else 2048),
                   train=TrainConfig(lr=2e-3, warmup_steps=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
-                                    weight_decay=0.01, batch_size=16, steps=steps, eval_every=0,
+                                    weight_decay=0.01, batch_size=4 if size == "smoke" else SMALL[domain]["sft_batch"],
+                                    steps=steps, eval_every=0,
                                     checkpoint_every=250, keep_checkpoints=1, log_every=10,
                                     out_dir=f"runs/{'smoke' if size == 'smoke' else 'lang'}/sft_{domain}", resume=True))
 

@@ -330,3 +330,35 @@ def test_text_grpo_rollout_through_vllm(tmp_path, monkeypatch):
     G = s.cfg.grpo.group_size
     assert all(t.shape[0] == G for t in b.samples.tokens)
     assert not any(cuts[1] or cuts[3] for cuts in b.samples.truncated)  # the stub's odd samples stop at the end id
+
+
+def _simulator_missing(domain: str) -> str | None:
+    import importlib.util
+    import shutil
+
+    if domain == "web":
+        if shutil.which("chromedriver") is None or shutil.which("chromium") is None:
+            return "needs chromium + chromedriver (apt-get install -y chromium chromium-driver)"
+        return None if importlib.util.find_spec("miniwob") else "needs the miniwob package (the [lang] extra)"
+    if shutil.which("java") is None:
+        return "needs a Java runtime (apt-get install -y default-jre-headless)"
+    return None if importlib.util.find_spec("scienceworld") else "needs the scienceworld package (the [lang] extra)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", [pytest.param("web", marks=pytest.mark.browser),
+                                    pytest.param("textgame", marks=pytest.mark.java)])
+def test_smoke_presets_collect_then_sft_then_grpo(tmp_path, domain, capsys):
+    """What a fresh clone runs: the smoke presets collect their data with the built-in simulator first."""
+    reason = _simulator_missing(domain)
+    if reason:
+        pytest.skip(reason)
+    tiny = [f"model.overrides.{k}={v}" for k, v in TINY.items()]
+    common = [f"data.root={tmp_path / 'data'}", "progress=false"]
+    assert cli.main(["sft", "--preset", f"sft-{domain}-smoke", *common, *tiny, "train.steps=3",
+                     f"train.out_dir={tmp_path / 'sft'}"]) == 0
+    assert {f"{s}.jsonl" for s in ("train", "val", "test")} <= {p.name for p in (tmp_path / "data").iterdir()}
+    assert cli.main(["grpo", "--preset", f"{domain}-smoke", *common, f"model.init_from={tmp_path / 'sft'}",
+                     "train.steps=1", f"train.out_dir={tmp_path / 'grpo'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| exact match |" in out and (tmp_path / "grpo" / "report.md").is_file()
