@@ -134,6 +134,23 @@ def _run_text_grpo(cfg) -> int:
     return 0
 
 
+def _run_mpc(cfg) -> int:
+    """The MPC web agent with each world model (and none, and the true next page); report in ``mpc.out_dir``."""
+    from .eval import mpc
+    from .eval.report import markdown_table
+
+    try:
+        results = mpc.run(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing model / browser, unknown task
+        print(f"rlvr-train mpc: error: {e}", file=sys.stderr)
+        return 1
+    rows, columns = mpc.report_rows(results)
+    print(markdown_table(rows, columns, floats="{:.3f}"))
+    print(f"{len(results['tasks'])} tasks x {len(results['seeds'])} seeds in {results['seconds']:.0f} s; report: "
+          f"{cfg.mpc.out_dir}/report.md")
+    return 0
+
+
 def _run_grpo(cfg: C.GRPORun) -> int:
     """GRPO post-training of a pre-trained world model; the model lands in ``train.out_dir``/model, with report.md."""
     if getattr(cfg, "kind", "video") == "text":
@@ -163,7 +180,7 @@ def _run_grpo(cfg: C.GRPORun) -> int:
 # recipe name -> runner; recipes in config.RECIPES but not here are listed as not available yet
 AVAILABLE: dict[str, Callable[[C.RunConfig], int]] = {"collect": _run_collect, "tokenizer": _run_tokenizer,
                                                       "pretrain": _run_pretrain, "grpo": _run_grpo,
-                                                      "sft": _run_sft}
+                                                      "sft": _run_sft, "mpc": _run_mpc}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -229,7 +229,19 @@ def _grpo(domain: str, size: str) -> TextGRPORun:
                             mini_batch_prompts=1 if size == "smoke" else 8, kl_coef=1e-3, micro_batch_size=10))
 
 
+def _mpc(size: str) -> MPCRun:
+    """The MPC table of ``make lang``: no / SFT / RLVR / true world model on the web collector's tasks."""
+    base = "smoke" if size == "smoke" else "lang"
+    return MPCRun(mpc=MPCConfig(
+        tasks=["enter-text", "click-checkboxes"] if size == "smoke" else [],
+        seeds=list(range(1000, 1002 if size == "smoke" else 1005)), max_new_tokens=160,
+        world_models={"sft": f"runs/{base}/sft_web/model", "rlvr": f"runs/{base}/grpo_web/model"},
+        out_dir=f"runs/{base}/mpc"))
+
+
 TEXT_PRESETS = {
+    "mpc-small": lambda: _mpc("small"),
+    "mpc-smoke": lambda: _mpc("smoke"),
     **{f"sft-{domain}-{size}": (lambda d=domain, s=size: _sft(d, s)) for domain in SMALL for size in ("small", "smoke")},
     **{f"grpo-{domain}-{size}": (lambda d=domain, s=size: _grpo(d, s)) for domain in SMALL for size in ("small", "smoke")},
 }
