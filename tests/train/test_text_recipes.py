@@ -362,3 +362,11 @@ def test_smoke_presets_collect_then_sft_then_grpo(tmp_path, domain, capsys):
                      "train.steps=1", f"train.out_dir={tmp_path / 'grpo'}"]) == 0
     out = capsys.readouterr().out
     assert "| exact match |" in out and (tmp_path / "grpo" / "report.md").is_file()
+
+
+def test_mpc_cli_names_a_missing_world_model(tmp_path, capsys):
+    assert cli.main(["mpc", "--preset", "mpc-smoke", f"mpc.world_models={{base: {tmp_path / 'nope'}}}",
+                     f"mpc.out_dir={tmp_path / 'mpc'}", "progress=false"]) == 1
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+    assert cli.main(["mpc", "mpc.world_models={oracle: x}"]) == 2
+    assert "reserved for the baseline arms" in capsys.readouterr().err
