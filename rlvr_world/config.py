@@ -274,6 +274,26 @@ class TrainConfig:
             raise ValueError(f"{where}.betas must be two numbers in [0, 1), got {self.betas!r}")
 
 
+def check_grpo_common(g, where: str) -> None:
+    """The checks every GRPO section shares (video and text): group, batch split, clipping, KL, temperature."""
+    _positive(where, group_size=g.group_size, prompts_per_step=g.prompts_per_step,
+              mini_batch_prompts=g.mini_batch_prompts, ppo_epochs=g.ppo_epochs, micro_batch_size=g.micro_batch_size)
+    if g.group_size < 2:
+        raise ValueError(f"{where}.group_size must be >= 2 (advantages are relative within a group), "
+                         f"got {g.group_size}")
+    if g.prompts_per_step % g.mini_batch_prompts:
+        raise ValueError(f"{where}.mini_batch_prompts must divide {where}.prompts_per_step="
+                         f"{g.prompts_per_step}, got {g.mini_batch_prompts}")
+    for name in ("clip_low", "clip_high"):
+        if not 0.0 <= getattr(g, name) < 1.0:
+            raise ValueError(f"{where}.{name} must be in [0, 1), got {getattr(g, name)!r}")
+    if g.clip_c <= 1.0:
+        raise ValueError(f"{where}.clip_c must be > 1, got {g.clip_c!r}")
+    _non_negative(where, kl_coef=g.kl_coef)
+    if not g.temperature > 0:
+        raise ValueError(f"{where}.temperature must be > 0, got {g.temperature!r}")
+
+
 @dataclass
 class GRPOConfig:
     """GRPO (the paper's RL post-training; loss semantics in DESIGN §5 / ``rlvr_world.ops.grpo_loss``).
@@ -325,20 +345,8 @@ class GRPOConfig:
                              f"top_p={self.top_p!r}; {where}.eval_top_k sets validation sampling")
         if not self.eval_temperature > 0:
             raise ValueError(f"{where}.eval_temperature must be > 0, got {self.eval_temperature!r}")
-        if self.group_size < 2:
-            raise ValueError(f"{where}.group_size must be >= 2 (advantages are relative within a group), "
-                             f"got {self.group_size}")
-        if self.prompts_per_step % self.mini_batch_prompts:
-            raise ValueError(f"{where}.mini_batch_prompts must divide {where}.prompts_per_step="
-                             f"{self.prompts_per_step}, got {self.mini_batch_prompts}")
-        for name in ("clip_low", "clip_high"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{where}.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.clip_c <= 1.0:
-            raise ValueError(f"{where}.clip_c must be > 1, got {self.clip_c!r}")
-        _non_negative(where, kl_coef=self.kl_coef, top_k=self.top_k)
-        if not self.temperature > 0:
-            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature!r}")
+        check_grpo_common(self, where)
+        _non_negative(where, top_k=self.top_k)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
 

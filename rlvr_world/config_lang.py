@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .config import RunConfig, TrainConfig, _non_negative, _positive
+from .config import RunConfig, TrainConfig, _non_negative, _positive, check_grpo_common
 
 __all__ = [
     "TEXT_PRESETS",
@@ -101,23 +101,7 @@ class TextGRPOConfig:
     backend: Literal["engine", "vllm"] = "engine"
 
     def check(self, where: str = "grpo") -> None:
-        _positive(where, group_size=self.group_size, prompts_per_step=self.prompts_per_step,
-                  mini_batch_prompts=self.mini_batch_prompts, ppo_epochs=self.ppo_epochs,
-                  micro_batch_size=self.micro_batch_size)
-        if self.group_size < 2:
-            raise ValueError(f"{where}.group_size must be >= 2 (advantages are relative within a group), "
-                             f"got {self.group_size}")
-        if self.prompts_per_step % self.mini_batch_prompts:
-            raise ValueError(f"{where}.mini_batch_prompts must divide {where}.prompts_per_step="
-                             f"{self.prompts_per_step}, got {self.mini_batch_prompts}")
-        for name in ("clip_low", "clip_high"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{where}.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.clip_c <= 1.0:
-            raise ValueError(f"{where}.clip_c must be > 1, got {self.clip_c!r}")
-        _non_negative(where, kl_coef=self.kl_coef)
-        if not self.temperature > 0:
-            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature!r}")
+        check_grpo_common(self, where)
 
 
 @dataclass

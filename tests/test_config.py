@@ -186,7 +186,8 @@ def test_presets():
     assert C.PRESETS["collect-smoke"]().data.episodes_per_task == C.QUICK["smoke"]["episodes"]  # a fresh object
     assert C.load_config("grpo", preset="smoke") == C.PRESETS["grpo-smoke"]()  # the recipe's own short name
     assert "collect-sim-64" in C.presets_for("collect")
-    assert C.presets_for("grpo") == ["grpo-quickstart", "grpo-rt1", "grpo-rt1-multistep", "grpo-smoke"]
+    assert C.presets_for("grpo") == ["grpo-quickstart", "grpo-rt1", "grpo-rt1-multistep", "grpo-smoke",
+                                     "grpo-textgame-small", "grpo-textgame-smoke", "grpo-web-small", "grpo-web-smoke"]
     for name, make in C.PRESETS.items():
         cfg = make()
         cfg.check()

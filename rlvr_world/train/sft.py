@@ -95,16 +95,30 @@ def _texts(domain: Domain, root: str, limit: int):
         yield f"{system}\n{user}\n{domain.answer(rec)}"
 
 
-def setup(cfg) -> State:
+def start_run(cfg) -> tuple[Path, torch.device, Domain]:
+    """(out_dir, device, domain) of a text recipe: refuses to overwrite checkpoints without ``train.resume``,
+    and collects the data when it is missing (``data.source``)."""
     tc, d = cfg.train, cfg.data
     out_dir = Path(tc.out_dir)
     if not tc.resume and checkpoint.latest(out_dir) is not None:
         raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
                          f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     domain = text_domains.get(d.domain)
     text_domains.ensure_data(domain, d.root, d.source, d.collect, progress=cfg.progress)
+    return out_dir, torch.device("cuda" if torch.cuda.is_available() else "cpu"), domain
+
+
+def optimizer_of(model, tc) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters (the LoRA adapters only, with LoRA) and its LR schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+
+
+def setup(cfg) -> State:
+    tc, d = cfg.train, cfg.data
+    out_dir, device, domain = start_run(cfg)
     tokenizer = text_model.load_tokenizer(cfg.model, out_dir, _texts(domain, d.root, d.train_limit))
     end_id = text_tokenizer.end_id(tokenizer)
     train, held_out = load_examples(cfg, domain, tokenizer)
@@ -118,16 +132,15 @@ def setup(cfg) -> State:
     if cfg.model.lora_rank:
         text_model.add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+    optimizer, scheduler = optimizer_of(model, tc)
     step = 0
     latest = checkpoint.latest(out_dir) if tc.resume else None
     if latest is not None:
         step = checkpoint.load(latest, model, optimizer, scheduler, config=cfg, ignore=RESUME_IGNORE)["step"]
     C.to_yaml(cfg, out_dir / "config.yaml")
     logger = MetricLogger(out_dir, tc.steps, step, progress=cfg.progress, desc=f"sft {d.domain}")
-    n_params, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lens = sorted(len(e) for e in train)
     logger.write(f"{d.domain} world model: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
                  f"vocab {len(tokenizer)}; {len(train)} training transitions (median {lens[len(lens) // 2]} tokens, "

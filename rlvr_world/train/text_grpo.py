@@ -42,14 +42,14 @@ from typing import Any
 import torch
 
 from .. import config as C
-from ..data import text_domains, text_tokenizer
+from ..data import text_tokenizer
 from ..data.text_domains import Domain
 from ..ops import grpo_loss, token_logprobs
 from ..rl import grpo_advantages
 from . import checkpoint, loop, text_model
 from .logging import MetricLogger
-from .schedule import autocast_dtype, lr_factor
-from .sft import load_examples, summary_line, write_eval
+from .schedule import autocast_dtype
+from .sft import load_examples, optimizer_of, start_run, summary_line, write_eval
 from .text_data import Example
 from .text_eval import Samples, rewards_of, sample
 from .text_eval import evaluate as eval_answers
@@ -100,15 +100,8 @@ def setup(cfg) -> State:
     if not cfg.model.init_from:
         raise ValueError("model.init_from is required: the `rlvr-train sft` run (or an HF model directory) to "
                          "post-train")
-    out_dir = Path(tc.out_dir)
-    if not tc.resume and checkpoint.latest(out_dir) is not None:
-        raise ValueError(f"train.out_dir {out_dir} already has checkpoints: set train.resume=true to continue "
-                         f"from {checkpoint.latest(out_dir).name}, or choose another train.out_dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    domain = text_domains.get(d.domain)
+    out_dir, device, domain = start_run(cfg)
     mode = domain.modes[0] if g.reward == "default" else domain.check_mode(g.reward, "grpo.reward")
-    text_domains.ensure_data(domain, d.root, d.source, d.collect, progress=cfg.progress)
     tokenizer = text_model.load_tokenizer(cfg.model, out_dir, None)
     train, held_out = load_examples(cfg, domain, tokenizer)
     torch.manual_seed(tc.seed)
@@ -121,9 +114,7 @@ def setup(cfg) -> State:
     if cfg.model.lora_rank:
         text_model.add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+    optimizer, scheduler = optimizer_of(model, tc)
     step, before, skipped = 0, {}, 0
     latest = checkpoint.latest(out_dir) if tc.resume else None
     if latest is not None:
