@@ -370,3 +370,28 @@ def test_mpc_cli_names_a_missing_world_model(tmp_path, capsys):
     assert str(tmp_path / "nope") in capsys.readouterr().err
     assert cli.main(["mpc", "mpc.world_models={oracle: x}"]) == 2
     assert "reserved for the baseline arms" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sft_from_a_transformers_qwen2_directory_with_lora(tmp_path):
+    """model.init_from = an HF Qwen2 directory written by transformers (with its tokenizer): LoRA SFT runs and the
+    saved model (adapters merged) loads back in transformers."""
+    from rlvr_world.testing import prepare_torchvision
+
+    prepare_torchvision()
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = _tok(tmp_path)
+    hf_dir = tmp_path / "qwen2"
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                                 tie_word_embeddings=False)).save_pretrained(hf_dir)
+    tok.save_pretrained(str(hf_dir))
+    cfg = _sft_cfg(tmp_path, **{"model.init_from": str(hf_dir), "model.lora_rank": 4, "model.lora_alpha": 8})
+    out = sft.run(cfg)
+    assert out["step"] == 4 and "exact" in out["eval"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "model")
+    base = AutoModelForCausalLM.from_pretrained(hf_dir)
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all(any(k in n for k in ("q_proj", "k_proj", "v_proj", "o_proj", "mlp")) for n in changed)
