@@ -94,12 +94,14 @@ def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def _config_dict(config) -> dict:
-    """A config as a nested dict headed by ``recipe`` (a RunConfig dataclass or a mapping)."""
+    """A config as a nested dict headed by ``recipe`` (and ``kind`` where the root has one, as ``to_yaml``
+    writes it), from a RunConfig dataclass or a mapping."""
     if isinstance(config, Mapping):
         return dict(config)
     from rlvr_world.config import to_dict
 
-    return {"recipe": config.recipe, **to_dict(config)}
+    head = {"recipe": config.recipe, **({"kind": config.kind} if hasattr(config, "kind") else {})}
+    return {**head, **to_dict(config)}
 
 
 def list_checkpoints(out_dir) -> list[Path]:

@@ -211,6 +211,13 @@ def test_sft_then_text_grpo_end_to_end(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("kind") == "train"]
     assert len(train) == 2 and all("reward_mean" in r and "kl_mean" in r for r in train)
+    # resuming continues from the checkpoint, and the report still compares with the step-0 (SFT) numbers
+    more = C.load_config("grpo", preset="grpo-textgame-smoke", overrides=[
+        f"data.root={cfg.data.root}", "data.source=none", f"model.init_from={tmp_path / 'sft'}",
+        f"train.out_dir={tmp_path / 'grpo'}", "train.steps=3", "train.resume=true", "progress=false"])
+    resumed = text_grpo.run(more)
+    assert resumed["step"] == 3
+    assert json.dumps(resumed["before"], sort_keys=True) == json.dumps(res["before"], sort_keys=True)  # NaN-safe
     after = Transformer.from_pretrained(tmp_path / "grpo" / "model", dtype=torch.float32).state_dict()
     if all(r["reward_std"] == 0 for r in train):  # equal rewards in every group: zero advantages, no change
         assert all(torch.equal(before[k], after[k]) for k in before)
