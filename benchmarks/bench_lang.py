@@ -251,7 +251,8 @@ def hf_rollout_call(hf, prompts, N: int, eos: int, seed: int, out: dict):
 # ---- GRPO update ------------------------------------------------------------------------------------------
 def update_inputs(rollout, prompts: torch.Tensor, seed: int) -> dict:
     """Sequences (prompt + response), and per-token old / reference log-probs, advantages, mask [P*G, N]."""
-    tokens, old, mask = rollout.tokens, rollout.logprobs.float(), rollout.mask
+    # the timed rollout ran under inference_mode: copy its outputs into ordinary tensors that autograd may save
+    tokens, old, mask = rollout.tokens.clone(), rollout.logprobs.float().clone(), rollout.mask.clone()
     B, N = tokens.shape
     gen = torch.Generator().manual_seed(seed + 1)
     adv = torch.randn(B // GROUP, GROUP, generator=gen)
