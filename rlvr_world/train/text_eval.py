@@ -104,12 +104,10 @@ def evaluate(domain: Domain, model, tokenizer, examples: Sequence[Example], end_
                  "exact_changed": _mean([e for e, c in zip(exact, changed) if c]),
                  "exact_unchanged": _mean([e for e, c in zip(exact, changed) if not c]),
                  "changed_share": _mean(changed), "truncated": _mean(cut)}
-    for mode in domain.modes:
-        out[f"reward_{mode}"] = _mean([0.0 if c else domain.reward(t, ex.record, mode)
-                                       for t, c, ex in zip(texts, cut, examples)])
+    rewards = {mode: [r[0] for r in rewards_of(domain, s, examples, mode)] for mode in domain.modes}
+    out.update({f"reward_{mode}": _mean(r) for mode, r in rewards.items()})
     out["per_example_exact"] = [int(e) for e in exact]
-    out["per_example_reward"] = [0.0 if c else domain.reward(t, ex.record, domain.modes[-1])
-                                 for t, c, ex in zip(texts, cut, examples)]
+    out["per_example_reward"] = rewards[domain.modes[-1]]
     out["samples"] = [{"id": ex.record.get("id"), "action": ex.record.get("action"), "response": t,
                        "answer": domain.answer(ex.record), "exact": bool(e)}
                       for t, e, ex in list(zip(texts, exact, examples))[:8]]
