@@ -164,16 +164,17 @@ def train_step(s: State, examples: list[Example]) -> dict:
     tc = s.cfg.train
     t0 = time.perf_counter()
     total = sum(len(e.answer) for e in examples)
+    logged = (s.step + 1) % tc.log_every == 0 or s.step + 1 == tc.steps  # token accuracy only where it is logged
     loss_sum, correct, n_tokens = 0.0, 0, 0
     k = max(1, math.ceil(len(examples) / tc.grad_accum))
     for m0 in range(0, len(examples), k):
         ids, labels = collate(examples[m0:m0 + k], _pad_id(s.tokenizer, s.end_id))
         with torch.autocast(s.device.type, dtype=s.autocast or torch.float32, enabled=s.autocast is not None):
             loss, n_correct, n = answer_loss(s.model.hidden_states, ids.to(s.device), labels.to(s.device),
-                                             s.model.lm_head_weight)
+                                             s.model.lm_head_weight, accuracy=logged)
         (loss * n / total).backward()
         loss_sum += loss.item() * n / total
-        correct, n_tokens = correct + int(n_correct), n_tokens + n
+        correct, n_tokens = correct + int(n_correct or 0), n_tokens + n
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad],
                                                tc.grad_clip if tc.grad_clip > 0 else math.inf)
     s.optimizer.step()
@@ -181,8 +182,9 @@ def train_step(s: State, examples: list[Example]) -> dict:
     lr = s.scheduler.get_last_lr()[0]
     s.scheduler.step()
     dt = time.perf_counter() - t0
-    return {"loss": loss_sum, "token_acc": correct / max(n_tokens, 1), "grad_norm": grad_norm.item(), "lr": lr,
-            "sec_per_step": dt, "tokens_per_sec": sum(len(e) for e in examples) / dt}
+    out = {"loss": loss_sum, "grad_norm": grad_norm.item(), "lr": lr, "sec_per_step": dt,
+           "tokens_per_sec": sum(len(e) for e in examples) / dt}
+    return {**out, "token_acc": correct / max(n_tokens, 1)} if logged else out
 
 
 @torch.no_grad()

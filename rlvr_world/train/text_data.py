@@ -123,18 +123,21 @@ def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, labels
 
 
-def answer_loss(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(mean answer NLL, number of answer tokens predicted right by argmax, number of answer tokens).
+def answer_loss(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, *,
+                accuracy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(mean answer NLL, number of answer tokens predicted right by argmax or None, number of answer tokens).
 
     ``model`` maps ids [B, S] to the final hidden states [B, S, H] (``Transformer.hidden_states`` or a wrapper);
-    ``weight`` is the lm head [V, H].
+    ``weight`` is the lm head [V, H]. ``accuracy`` also counts the argmax hits: one more pass of the head over
+    the answer positions (chunked), so the trainer asks for it only on the steps it logs.
     """
     h = model(ids[:, :-1])                                                          # [B, S-1, H]
     target = labels[:, 1:]                                                          # [B, S-1]
     sel = target != IGNORE
     hs, ts = h[sel], target[sel]                                                    # [N, H], [N]
     logp = token_logprobs(hs, weight.to(hs.dtype), ts)                              # [N]
+    if not accuracy:
+        return -logp.mean(), None, int(ts.numel())
     with torch.no_grad():
         correct = sum(((hc @ weight.to(hc.dtype).T).argmax(-1) == tc).sum()
                       for hc, tc in zip(hs.detach().split(4096), ts.split(4096)))

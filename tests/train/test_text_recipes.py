@@ -123,11 +123,14 @@ def test_answer_loss_is_the_cross_entropy_of_the_answer_tokens(tmp_path):
     torch.manual_seed(0)
     model = Transformer.from_name("lm-tiny", vocab_size=len(tok), **TINY).double()
     ids, labels = text_data.collate(exs, pad_id=0)
-    loss, _, n = text_data.answer_loss(model.hidden_states, ids, labels, model.lm_head_weight)
+    loss, correct, n = text_data.answer_loss(model.hidden_states, ids, labels, model.lm_head_weight, accuracy=True)
     logits = model(ids)[:, :-1]                                                     # [B, S-1, V]
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert n == sum(len(e.answer) for e in exs)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+    hits = (logits.argmax(-1) == labels[:, 1:])[labels[:, 1:] != -100].sum()
+    assert int(correct) == int(hits)
+    assert text_data.answer_loss(model.hidden_states, ids, labels, model.lm_head_weight)[1] is None
 
 
 def test_length_limits(tmp_path):
